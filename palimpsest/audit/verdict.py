@@ -1,0 +1,82 @@
+"""The verdict: behaviour forgotten? residue recoverable? -> not_forgotten | suppressed | deleted | inconclusive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from palimpsest.types import AuditConfig, Result
+
+# the pre model must know the forget items at least this well, or there is nothing to audit
+MIN_PRE_ACCURACY = 0.5
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    collateral: bool
+    behaviour_forgotten: bool | None
+    reasons: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    strongest: str | None = None
+
+
+def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditConfig) -> Verdict:
+    reasons: list[str] = []
+    if behaviour is None or behaviour.status != "ok":
+        return Verdict("inconclusive", False, None, ["behaviour could not be measured"], ["behaviour"])
+    s = behaviour.summary
+    pre, post = s.get("forget_acc_pre", 0.0), s.get("forget_acc_post", 0.0)
+    collateral = False
+    for key in ("retain", "neighbour"):
+        if f"{key}_acc_pre" in s:
+            drop = s[f"{key}_acc_pre"] - s[f"{key}_acc_post"]
+            if drop > config.collateral_max_drop:
+                collateral = True
+                reasons.append(f"collateral: {key} accuracy fell by {drop:.2f} (> collateral_max_drop="
+                               f"{config.collateral_max_drop})")
+    if pre < MIN_PRE_ACCURACY:
+        reasons.append(f"the pre model answers only {pre:.0%} of the forget items (< {MIN_PRE_ACCURACY:.0%}): "
+                       "there is no knowledge to audit")
+        return Verdict("inconclusive", collateral, None, reasons)
+    forgotten = post <= config.forgotten_max_acc and post <= config.forgotten_max_relative_acc * pre
+    if not forgotten:
+        reasons.insert(0, f"forget accuracy {pre:.2f} -> {post:.2f}: above forgotten_max_acc="
+                          f"{config.forgotten_max_acc} or forgotten_max_relative_acc={config.forgotten_max_relative_acc}"
+                          " x pre: the post model still produces the answers")
+        return Verdict("not_forgotten", collateral, False, reasons)
+    reasons.insert(0, f"forget accuracy {pre:.2f} -> {post:.2f}: forgotten in behaviour")
+
+    residues = {name: r for name, r in analyses.items() if r.kind == "residue"}
+    usable = {name: r for name, r in residues.items() if r.status == "ok" and r.residue is not None}
+    missing = sorted(name for name, r in residues.items() if name not in usable)
+    paraphrase_post = s.get("paraphrase_acc_post")
+    paraphrase_pre = s.get("paraphrase_acc_pre")
+    leaks = (paraphrase_post is not None and paraphrase_pre
+             and paraphrase_post > config.forgotten_max_acc
+             and paraphrase_post > config.forgotten_max_relative_acc * paraphrase_pre)
+    strong = sorted(
+        ((name, r) for name, r in usable.items() if r.ci is not None and r.ci[0] >= config.suppressed_min_residue),
+        key=lambda kv: -kv[1].residue,
+    )
+    if leaks:
+        reasons.append(f"the answers still come out in other forms (paraphrase accuracy {paraphrase_pre:.2f} -> "
+                       f"{paraphrase_post:.2f})")
+    if strong or leaks:
+        for name, r in strong:
+            reasons.append(f"{name}: residue {r.residue:.2f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}] >= suppressed_min_residue="
+                           f"{config.suppressed_min_residue}" + (f" — {r.evidence}" if r.evidence else ""))
+        return Verdict("suppressed", collateral, True, reasons, missing, strong[0][0] if strong else "behaviour")
+    if len(usable) < config.min_residue_analyses:
+        reasons.append(f"only {len(usable)} residue analyses reached a conclusion (need min_residue_analyses="
+                       f"{config.min_residue_analyses}); missing: {', '.join(missing) or 'none registered'}")
+        return Verdict("inconclusive", collateral, True, reasons, missing)
+    high = {name: r for name, r in usable.items() if r.residue > config.deleted_max_residue}
+    if not high:
+        reasons.append(f"all {len(usable)} residue scores are at most deleted_max_residue={config.deleted_max_residue}: "
+                       "nothing can be read or restored beyond the floor")
+        return Verdict("deleted", collateral, True, reasons, missing)
+    for name, r in sorted(high.items(), key=lambda kv: -kv[1].residue):
+        ci = f" [{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else ""
+        reasons.append(f"{name}: residue {r.residue:.2f}{ci} is above deleted_max_residue={config.deleted_max_residue} "
+                       f"but its interval reaches below suppressed_min_residue={config.suppressed_min_residue}")
+    return Verdict("inconclusive", collateral, True, reasons, missing)

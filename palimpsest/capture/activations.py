@@ -1,0 +1,250 @@
+"""Capture activations at named sites and positions, for pre and post in lockstep, in memory or streamed to disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from palimpsest.capture.backends import Backend, run_and_capture
+from palimpsest.capture.sites import resid_post_sites, resolve
+from palimpsest.capture.tokens import EncodedBatch, batches, encode
+from palimpsest.concepts import ConceptSpec, Item, ItemSet
+from palimpsest.io import atomic_dir, atomic_write_text
+
+Position = Literal["last", "subject", "answer_mean", "all"]
+POSITIONS: tuple[str, ...] = ("last", "subject", "answer_mean", "all")
+
+
+class CaptureError(RuntimeError):
+    """Capture failed in a way the user can fix (non-finite activations, out of memory at batch size 1...)."""
+
+
+def gather_positions(
+    acts: Tensor, batch: EncodedBatch, position: Position
+) -> Float[Tensor, "n ..."]:
+    """Pick the rows of a [batch, pos, ...] activation that `position` names.
+
+    last: the last prompt token; subject: the last subject token; answer_mean: the mean over the positions that
+    predict the answer tokens; all: every real token, flattened to [n_tokens, ...].
+    """
+    rows = torch.arange(acts.shape[0], device=acts.device)
+    if position == "last":
+        return acts[rows, batch.prompt_last.to(acts.device)]
+    if position == "subject":
+        return acts[rows, batch.subject_last.to(acts.device)]
+    if position == "answer_mean":
+        mask = batch.answer_mask().to(acts.device).to(acts.dtype)
+        mask = mask.reshape(*mask.shape, *([1] * (acts.ndim - 2)))
+        return (acts * mask).sum(1) / mask.sum(1).clamp(min=1)
+    if position == "all":
+        return acts[batch.attention_mask.to(acts.device).bool()]
+    raise ValueError(f"unknown position {position!r}: use one of {', '.join(POSITIONS)}")
+
+
+def _check_finite(site: str, tensor: Tensor, model_name: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise CaptureError(
+            f"{model_name}: non-finite (NaN/inf) activations at {site}; the checkpoint is broken or the dtype "
+            "overflows: try --dtype float32"
+        )
+
+
+def capture(
+    model,
+    tokenizer,
+    items: Sequence[Item] | Sequence[str],
+    sites: Sequence[str],
+    *,
+    position: Position = "last",
+    with_answers: bool = False,
+    backend: Backend = "torch",
+    batch_size: int = 32,
+    padding: Literal["right", "left"] = "right",
+    model_name: str = "model",
+    progress=None,
+) -> dict[str, Float[Tensor, "n ..."]]:
+    """Activations at `sites` for `items` (Items or plain prompts), one row per item (per token for 'all').
+
+    An out-of-memory error halves the batch size and retries, and says so.
+    """
+    for site in sites:
+        resolve(model, site)  # a bad site name fails here with the list of valid ones
+    prompts = [it if isinstance(it, str) else it.prompt for it in items]
+    answers = None if not with_answers else [it.answer for it in items]  # type: ignore[union-attr]
+    subjects = [None if isinstance(it, str) else it.subject for it in items]
+    if position == "answer_mean" and answers is None:
+        answers = [it.answer for it in items]  # type: ignore[union-attr]
+    out: dict[str, list[Tensor]] = {site: [] for site in sites}
+    size = max(1, batch_size)
+    start = 0
+    while start < len(prompts):
+        chunk = slice(start, min(len(prompts), start + size))
+        batch = encode(tokenizer, prompts[chunk], answers[chunk] if answers else None, subjects[chunk],
+                       padding=padding)
+        try:
+            _, acts = run_and_capture(model, tokenizer, batch, list(sites), backend)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise CaptureError(f"{model_name}: out of memory even at batch size 1; use a smaller model or "
+                                   "--device cpu") from None
+            size = max(1, size // 2)
+            import warnings
+
+            warnings.warn(f"out of memory while capturing; retrying with batch size {size}", stacklevel=2)
+            continue
+        for site in sites:
+            picked = gather_positions(acts[site], batch, position).float().cpu()
+            _check_finite(site, picked, model_name)
+            out[site].append(picked)
+        if progress is not None:
+            progress(chunk.stop - chunk.start)
+        start = chunk.stop
+    return {site: torch.cat(chunks) if chunks else torch.empty(0) for site, chunks in out.items()}
+
+
+@dataclass
+class Activations:
+    """Lazy, cached activations of a pair (and its floor model) on a concept's item sets.
+
+    `acts.get("post", "blocks.2.hook_resid_post", "forget", "last")` captures on first use; one forward pass per
+    (model, item set, position) reads every residual-stream site at once.
+    """
+
+    models: dict  # name -> LoadedModel
+    concept: ConceptSpec
+    backend: Backend = "torch"
+    batch_size: int = 32
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_pair(cls, pair, concept: ConceptSpec, *, backend: Backend = "torch", batch_size: int = 32):
+        return cls(models=pair.models(), concept=concept, backend=backend, batch_size=batch_size)
+
+    def items(self, item_set: ItemSet) -> tuple[Item, ...]:
+        return self.concept.items(item_set)
+
+    def get(self, model: str, site: str, item_set: ItemSet, position: Position = "last") -> Float[Tensor, "n ..."]:
+        key = (model, site, item_set, position)
+        if key not in self._cache:
+            if model not in self.models:
+                raise KeyError(f"no model named {model!r} in this audit (have {', '.join(self.models)})")
+            loaded = self.models[model]
+            sites = {site, *resid_post_sites(loaded.model)}
+            items = self.items(item_set)
+            if not items:
+                return torch.empty(0, loaded.d_model)
+            captured = capture(loaded.model, loaded.tokenizer, items, sorted(sites), position=position,
+                               backend=self.backend, batch_size=self.batch_size, model_name=model)
+            for name, tensor in captured.items():
+                self._cache[(model, name, item_set, position)] = tensor
+        return self._cache[key]
+
+    def layers(self, model: str, item_set: ItemSet, position: Position = "last") -> list[Tensor]:
+        """The residual stream after every block: a list of [n_items, d_model]."""
+        loaded = self.models[model]
+        return [self.get(model, site, item_set, position) for site in resid_post_sites(loaded.model)]
+
+
+# ---------------------------------------------------------------- streaming to disk
+
+_MANIFEST = "manifest.json"
+
+
+def capture_to_disk(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    sites: Sequence[str],
+    out_dir: str | Path,
+    *,
+    backend: Backend = "torch",
+    batch_size: int = 16,
+    position: Position = "all",
+    progress=None,
+) -> Path:
+    """Stream activations to `out_dir` as one safetensors shard per batch; memory stays at one batch.
+
+    The folder appears only when complete (a crash leaves no half-written store).
+    """
+    for site in sites:
+        resolve(model, site)
+    with atomic_dir(out_dir) as tmp:
+        shards, rows = [], 0
+        for index, chunk in enumerate(batches(len(texts), batch_size)):
+            batch = encode(tokenizer, list(texts[chunk]))
+            _, acts = run_and_capture(model, tokenizer, batch, list(sites), backend)
+            tensors = {}
+            for site in sites:
+                picked = gather_positions(acts[site], batch, position).float().cpu().contiguous()
+                _check_finite(site, picked, "model")
+                tensors[site] = picked
+            name = f"shard_{index:05d}.safetensors"
+            save_file(tensors, str(Path(tmp) / name))
+            shards.append({"file": name, "rows": int(next(iter(tensors.values())).shape[0])})
+            rows += shards[-1]["rows"]
+            if progress is not None:
+                progress(chunk.stop - chunk.start)
+        atomic_write_text(Path(tmp) / _MANIFEST, json.dumps({"sites": list(sites), "shards": shards, "rows": rows,
+                                                              "position": position}, indent=1))
+    return Path(out_dir)
+
+
+@dataclass
+class ShardedActivations:
+    """Read a store written by `capture_to_disk` back, one shard at a time."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        manifest = self.path / _MANIFEST
+        if not manifest.is_file():
+            raise CaptureError(f"{self.path}: not a complete activation store (no {_MANIFEST}); capture it again")
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            raise CaptureError(f"{manifest}: corrupt manifest; capture the store again") from None
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.manifest["sites"])
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    def iter_shards(self, site: str) -> Iterator[Tensor]:
+        if site not in self.sites:
+            raise KeyError(f"site {site!r} not in this store (has {', '.join(self.sites)})")
+        for shard in self.manifest["shards"]:
+            file = self.path / shard["file"]
+            try:
+                tensor = load_file(str(file))[site]
+            except Exception as error:  # safetensors raises several types for a truncated file
+                raise CaptureError(f"{file}: unreadable shard ({error}); capture the store again") from None
+            if tensor.shape[0] != shard["rows"]:
+                raise CaptureError(f"{file}: has {tensor.shape[0]} rows, manifest says {shard['rows']}")
+            yield tensor
+
+    def iter_batches(self, site: str, batch_size: int) -> Iterator[Float[Tensor, "batch d"]]:
+        """Fixed-size batches across shard boundaries (the last partial batch is dropped)."""
+        buffer: list[Tensor] = []
+        held = 0
+        for tensor in self.iter_shards(site):
+            buffer.append(tensor)
+            held += tensor.shape[0]
+            while held >= batch_size:
+                joined = torch.cat(buffer)
+                yield joined[:batch_size]
+                rest = joined[batch_size:]
+                buffer, held = ([rest] if rest.shape[0] else []), rest.shape[0]
+
+    def load(self, site: str) -> Tensor:
+        return torch.cat(list(self.iter_shards(site)))

@@ -1,0 +1,193 @@
+"""`palimpsest ...`: exit code 0 on success, 2 on bad input, 1 otherwise."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="palimpsest: audit machine unlearning from the inside — deleted, or only suppressed?")
+console = Console(stderr=True)
+out = Console()
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from palimpsest.capture import AnswerTokenError, SiteError
+    from palimpsest.concepts import ConceptError
+    from palimpsest.models import ModelLoadError
+
+    return (ModelLoadError, ConceptError, SiteError, AnswerTokenError, FileNotFoundError, BadInput)
+
+
+class BadInput(ValueError):
+    """Bad command-line input."""
+
+
+def guarded(func):
+    """One line for the user instead of a traceback: exit 2 for bad input, 1 for other failures, 130 for Ctrl-C."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: nothing half-written was left behind[/]")
+            raise typer.Exit(130) from None
+        except _bad_input_errors() as error:
+            console.print(f"[red]error:[/] {_one_line(error)}")
+            raise typer.Exit(2) from None
+        except Exception as error:  # noqa: BLE001 — the last resort must still be one line
+            if os.environ.get("PALIMPSEST_DEBUG"):
+                raise
+            console.print(f"[red]error:[/] {type(error).__name__}: {_one_line(error)} (set PALIMPSEST_DEBUG=1 for a traceback)")
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+@app.command()
+@guarded
+def info(source: Annotated[str, typer.Argument(help="HF hub id, local model directory or .gguf file")],
+         allow_pickle: Annotated[bool, typer.Option(help="allow pickle (.bin) checkpoints")] = False):
+    """Architecture, layers, d_model and the sites available for capture."""
+    from palimpsest.capture import valid_sites
+    from palimpsest.models import load_model
+
+    loaded = load_model(source, allow_pickle=allow_pickle)
+    cfg = loaded.model.config
+    table = Table(title=f"{loaded.source}")
+    table.add_column("property")
+    table.add_column("value")
+    params = sum(p.numel() for p in loaded.model.parameters())
+    for key, value in (("architecture", type(loaded.model).__name__), ("parameters", f"{params:,}"),
+                       ("layers", cfg.num_hidden_layers), ("d_model", cfg.hidden_size),
+                       ("heads", cfg.num_attention_heads), ("vocab", cfg.vocab_size)):
+        table.add_row(key, str(value))
+    out.print(table)
+    sites = valid_sites(loaded.model)
+    out.print(f"sites ({len(sites)}): " + ", ".join(sites))
+
+
+@app.command()
+@guarded
+def capture(pre: Annotated[str, typer.Option(help="model before unlearning")],
+            post: Annotated[str, typer.Option(help="model after unlearning")],
+            concept: Annotated[Path, typer.Option(help="ConceptSpec .yaml/.json")],
+            out_dir: Annotated[Path, typer.Option("--out", help="output directory")],
+            sites: Annotated[str, typer.Option(help="comma-separated site names, or 'resid' for every resid_post")] = "resid",
+            position: Annotated[str, typer.Option(help="last | subject | answer_mean | all")] = "last",
+            backend: Annotated[str, typer.Option(help="torch | transformer_lens | nnsight")] = "torch",
+            batch_size: int = 32,
+            device: str = "cpu",
+            allow_pickle: bool = False):
+    """Capture activations of pre and post on every item set of a concept, as safetensors."""
+    from safetensors.torch import save_file
+
+    from palimpsest.capture import BACKENDS, POSITIONS, capture as run_capture, resid_post_sites
+    from palimpsest.concepts import load_concept
+    from palimpsest.io import atomic_dir
+    from palimpsest.models import load_pair
+
+    if position not in POSITIONS:
+        raise BadInput(f"--position {position!r} is not one of {', '.join(POSITIONS)}")
+    if backend not in BACKENDS:
+        raise BadInput(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    spec = load_concept(concept)
+    pair = load_pair(pre, post, device=device, allow_pickle=allow_pickle)
+    site_list = resid_post_sites(pair.pre.model) if sites == "resid" else [s.strip() for s in sites.split(",") if s.strip()]
+    sets = [(name, spec.items(name)) for name in ("forget", "paraphrases", "neighbours", "retain", "holdout")]
+    total = 2 * sum(len(items) for _, items in sets)
+    with _progress() as progress, atomic_dir(out_dir) as tmp:
+        task = progress.add_task("capturing", total=total)
+        for model_name, loaded in (("pre", pair.pre), ("post", pair.post)):
+            for set_name, items in sets:
+                if not items:
+                    continue
+                acts = run_capture(loaded.model, loaded.tokenizer, items, site_list, position=position,  # type: ignore[arg-type]
+                                   backend=backend, batch_size=batch_size, model_name=model_name,  # type: ignore[arg-type]
+                                   progress=lambda n: progress.advance(task, n))
+                save_file({k: v.contiguous() for k, v in acts.items()}, str(tmp / f"{model_name}.{set_name}.safetensors"))
+    out.print(f"wrote {out_dir}")
+
+
+@app.command(name="audit")
+@guarded
+def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
+              post: Annotated[str, typer.Option(help="model after unlearning")],
+              concept: Annotated[Path, typer.Option(help="ConceptSpec .yaml/.json")],
+              out_dir: Annotated[Path, typer.Option("--out", help="output directory for report.html and metrics.json")],
+              floor: Annotated[Optional[str], typer.Option(help="a model that never learned the concept (calibration floor)")] = None,
+              analysers: Annotated[Optional[str], typer.Option(help="comma-separated analyser names (default: all)")] = None,
+              figures: Annotated[str, typer.Option(help="also export figures: comma-separated png,svg,html")] = "",
+              device: str = "cpu",
+              dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
+              backend: str = "torch",
+              batch_size: int = 32,
+              seed: int = 0,
+              allow_pickle: Annotated[bool, typer.Option(help="allow pickle (.bin) checkpoints")] = False):
+    """Audit one (pre, post) pair on a concept: report.html + metrics.json in --out."""
+    from palimpsest.audit import audit
+    from palimpsest.concepts import load_concept
+    from palimpsest.models import load_pair
+    from palimpsest.report import write_audit
+    from palimpsest.types import AuditConfig
+
+    formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+    spec = load_concept(concept)
+    pair = load_pair(pre, post, floor_source=floor, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    names = tuple(a.strip() for a in analysers.split(",")) if analysers else None
+    try:
+        config = AuditConfig(device=device, backend=backend, batch_size=batch_size, seed=seed, analysers=names)
+    except Exception as error:
+        raise BadInput(str(error).splitlines()[0]) from None
+    with _progress() as progress:
+        task = progress.add_task("auditing", total=None)
+
+        def step(name: str, index: int, total: int) -> None:
+            progress.update(task, total=total, completed=index, description=f"auditing: {name}")
+
+        result = audit(pair, spec, config, progress=step)
+    write_audit(result, out_dir, figure_formats=formats)
+    out.print(f"verdict: [bold]{result.verdict}[/]" + (" (collateral)" if result.collateral else ""))
+    out.print(f"report: {out_dir / 'report.html'}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+def _register_subcommands() -> None:
+    """Commands that live with their stage (organism, unlearn, sae, probes, demo)."""
+    import importlib
+
+    for module in ("palimpsest.organism.cli", "palimpsest.unlearn.cli", "palimpsest.sae.cli",
+                   "palimpsest.probes.cli", "palimpsest.demo"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name == module:
+                continue
+            raise
+        mod.register(app)
+
+
+_register_subcommands()

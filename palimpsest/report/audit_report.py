@@ -1,0 +1,92 @@
+"""report.html + metrics.json (+ results.json, figures/) for one audit, written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from palimpsest.audit.registry import load_analysers
+from palimpsest.audit.runner import AuditResult, metrics_json
+from palimpsest.io import atomic_dir
+from palimpsest.report.figures import export_figures
+from palimpsest.report.html import FigureCounter, badge, esc, key_values, page, result_section, table
+
+
+def residue_figure(result: AuditResult) -> go.Figure:
+    names, values, lows, highs, colours = [], [], [], [], []
+    for name, r in result.analyses.items():
+        if r.kind != "residue" or r.residue is None:
+            continue
+        names.append(name)
+        values.append(r.residue)
+        lo, hi = r.ci if r.ci else (r.residue, r.residue)
+        lows.append(r.residue - lo)
+        highs.append(hi - r.residue)
+        colours.append("#e76f51" if r.status == "ok" else "#bbbbbb")
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours,
+                           error_y=dict(type="data", symmetric=False, array=highs, arrayminus=lows)))
+    cfg = result.config
+    fig.add_hline(y=cfg.suppressed_min_residue, line_dash="dash", line_color="#e76f51",
+                  annotation_text=f"suppressed_min_residue={cfg.suppressed_min_residue}")
+    fig.add_hline(y=cfg.deleted_max_residue, line_dash="dot", line_color="#2a9d8f",
+                  annotation_text=f"deleted_max_residue={cfg.deleted_max_residue}")
+    fig.update_layout(yaxis=dict(title="calibrated residue (0 = floor, 1 = pre)", range=[0, 1.05]), height=380,
+                      margin=dict(l=50, r=20, t=30, b=80))
+    return fig
+
+
+def render_report(result: AuditResult) -> str:
+    analysers = load_analysers()
+    figures = FigureCounter()
+    concept = result.concept
+    parts = [
+        f"<h1>palimpsest audit: {esc(concept.name)}</h1>",
+        f'<p>Verdict: {badge(result.verdict)}' + (' <span class="badge" style="background:#b00">collateral</span>'
+                                                  if result.collateral else "") + "</p>",
+        "<div class=\"card\"><b>Why</b><ul>" + "".join(f"<li>{esc(r)}</li>" for r in result.reasons) + "</ul>",
+    ]
+    if result.missing_evidence:
+        parts.append(f"<p class=\"muted\">Analyses without a conclusion: {esc(', '.join(result.missing_evidence))}</p>")
+    parts.append("</div>")
+    parts.append(key_values({"models": result.models, "concept description": concept.description,
+                             "keywords": list(concept.keywords), "forget items": len(concept.forget),
+                             "paraphrases": len(concept.paraphrases), "neighbours": len(concept.neighbours),
+                             "retain": len(concept.retain), "holdout": len(concept.holdout),
+                             "palimpsest": result.version}))
+    overview = []
+    for name, r in result.analyses.items():
+        overview.append({"analysis": name, "kind": r.kind, "status": r.status, "residue": r.residue,
+                         "ci": list(r.ci) if r.ci else None, "floor source": r.floor_source, "evidence": r.evidence})
+    parts.append("<h2>Residue overview</h2>")
+    parts.append(figures.div(residue_figure(result).to_json(), "Calibrated residue per analysis (95% bootstrap CI)"))
+    parts.append(table(overview))
+    if result.behaviour is not None:
+        analyser = analysers.get("behaviour")
+        parts.append(result_section(result.behaviour, "Behaviour", getattr(analyser, "description", ""), figures))
+    for name, r in result.analyses.items():
+        analyser = analysers.get(name)
+        parts.append(result_section(r, getattr(analyser, "title", name), getattr(analyser, "description", ""), figures))
+    parts.append("<h2>Thresholds and configuration</h2>")
+    parts.append(key_values(result.config.model_dump(mode="json")))
+    parts.append("<h2>Concept items</h2>")
+    for item_set, items in (("forget", concept.forget), ("paraphrases", concept.paraphrases),
+                            ("neighbours", concept.neighbours), ("retain", concept.retain),
+                            ("holdout", concept.holdout)):
+        rows = [{"prompt": it.prompt, "answer": it.answer, "form": it.form, "subject": it.subject} for it in items]
+        parts.append(f"<details><summary>{esc(item_set)} ({len(rows)})</summary>{table(rows)}</details>")
+    parts.append(f'<p class="muted">Timings (s): {esc(json.dumps(result.timings))}</p>')
+    return page(f"palimpsest audit: {concept.name}", "\n".join(parts))
+
+
+def write_audit(result: AuditResult, out_dir: str | Path, *, figure_formats: tuple[str, ...] = ()) -> Path:
+    """Write report.html, metrics.json and results.json into `out_dir` (replaced whole, never half-written)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "report.html").write_text(render_report(result), encoding="utf-8")
+        (tmp / "metrics.json").write_text(metrics_json(result), encoding="utf-8")
+        (tmp / "results.json").write_text(result.model_dump_json(), encoding="utf-8")
+        if figure_formats:
+            export_figures(result, tmp / "figures", figure_formats)
+    return out_dir
