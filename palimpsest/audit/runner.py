@@ -76,10 +76,22 @@ def run_analyser(analyser, pair, concept, acts, config: AuditConfig) -> Result:
     return result
 
 
+def check_answers(tokenizer, concept: ConceptSpec) -> None:
+    """Every answer must be producible by the tokenizer; the error names the item set, index and answer."""
+    from palimpsest.capture import AnswerTokenError, answer_ids
+
+    for item_set, index, item in concept.all_items():
+        try:
+            answer_ids(tokenizer, item.answer)
+        except AnswerTokenError as error:
+            raise AnswerTokenError(f"{item_set} item {index} ({item.prompt[:40]!r}): {error}") from None
+
+
 def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
           progress: ProgressFn | None = None) -> AuditResult:
     """Audit `pair` (a ModelPair) on `concept`; returns the verdict with every analyser's Result."""
     config = config or AuditConfig()
+    check_answers(pair.pre.tokenizer, concept)
     analysers = load_analysers()
     if config.analysers is not None:
         unknown = sorted(set(config.analysers) - set(analysers))
