@@ -37,8 +37,9 @@ def residue_figure(result: AuditResult) -> go.Figure:
     return fig
 
 
-def render_report(result: AuditResult) -> str:
-    analysers = load_analysers()
+def render_report(result: AuditResult, analysers: dict | None = None) -> str:
+    """`analysers` gives section titles and descriptions (default: the language-model registry)."""
+    analysers = load_analysers() if analysers is None else analysers
     figures = FigureCounter()
     concept = result.concept
     parts = [
@@ -80,11 +81,12 @@ def render_report(result: AuditResult) -> str:
     return page(f"palimpsest audit: {concept.name}", "\n".join(parts))
 
 
-def write_audit(result: AuditResult, out_dir: str | Path, *, figure_formats: tuple[str, ...] = ()) -> Path:
+def write_audit(result: AuditResult, out_dir: str | Path, *, figure_formats: tuple[str, ...] = (),
+                analysers: dict | None = None) -> Path:
     """Write report.html, metrics.json and results.json into `out_dir` (replaced whole, never half-written)."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "report.html").write_text(render_report(result), encoding="utf-8")
+        (tmp / "report.html").write_text(render_report(result, analysers), encoding="utf-8")
         (tmp / "metrics.json").write_text(metrics_json(result), encoding="utf-8")
         (tmp / "results.json").write_text(result.model_dump_json(), encoding="utf-8")
         if figure_formats:
