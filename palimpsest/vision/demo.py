@@ -13,8 +13,8 @@ from palimpsest.report.audit_report import write_audit
 from palimpsest.report.comparison import write_comparison
 from palimpsest.vision.audit import audit_vision, vision_config
 from palimpsest.vision.data import FORGET_CLASS, load_digits_data
-from palimpsest.vision.registry import load_vision_analysers
 from palimpsest.vision.organism import VisionModel, VisionPair, build_organism_models
+from palimpsest.vision.registry import load_vision_analysers
 from palimpsest.vision.train import accuracy
 from palimpsest.vision.unlearn import METHODS, make_post_model
 
