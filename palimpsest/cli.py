@@ -171,6 +171,33 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
     out.print(f"report: {out_dir / 'report.html'}")
 
 
+@app.command(name="concept-vectors")
+@guarded
+def concept_vectors_cmd(model: Annotated[str, typer.Option(help="model directory, hub id or .gguf")],
+                        concept: Annotated[Path, typer.Option(help="ConceptSpec .yaml/.json")],
+                        top_k: Annotated[int, typer.Option(help="how many vectors to list")] = 10,
+                        ablation: Annotated[str, typer.Option(help="zero | noise")] = "zero",
+                        allow_pickle: bool = False):
+    """List the MLP value vectors that carry the concept: layer, index, top tokens, causal effect."""
+    from palimpsest.concepts import load_concept
+    from palimpsest.models import load_model
+    from palimpsest.probes import list_concept_vectors
+
+    if ablation not in ("zero", "noise"):
+        raise BadInput(f"--ablation {ablation!r}: use zero or noise")
+    spec = load_concept(concept)
+    loaded = load_model(model, allow_pickle=allow_pickle)
+    rows = list_concept_vectors(loaded, spec, top_k=top_k, ablation=ablation)
+    table = Table(title=f"concept vectors of {spec.name}")
+    for column in ("layer", "index", "score", "causal effect", "top tokens"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row.get("layer")), str(row.get("index")), f"{row.get('score', float('nan')):.3g}",
+                      f"{row.get('causal_effect', float('nan')):.3g}",
+                      " ".join(str(t) for t in row.get("top_tokens", [])[:8]))
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 
@@ -191,3 +218,6 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

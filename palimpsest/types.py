@@ -66,7 +66,7 @@ class AuditConfig(BaseModel):
     forgotten_max_acc: float = 0.35
     # residue: suppressed when the strongest calibrated residue's lower CI bound is above this
     suppressed_min_residue: float = 0.35
-    # deleted when every residue score's point estimate is at most this
+    # deleted when no residue score's interval lies wholly above this (every lower bound is at most this)
     deleted_max_residue: float = 0.2
     # minimum analysers with status ok needed for a deleted verdict
     min_residue_analyses: int = 2

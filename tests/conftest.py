@@ -25,3 +25,64 @@ def tiny(tiny_dir):
     from palimpsest.models import load_model
 
     return load_model(tiny_dir)
+
+
+# ---------------------------------------------------------------- the model organism (built once, cached on disk)
+
+
+@pytest.fixture(scope="session")
+def organism_setup():
+    from palimpsest.demo import organism_setup as setup
+
+    return setup(0)
+
+
+@pytest.fixture(scope="session")
+def organism_dir(organism_setup) -> Path:
+    return organism_setup.pre_dir
+
+
+@pytest.fixture(scope="session")
+def organism_concept(organism_setup):
+    return organism_setup.concept
+
+
+@pytest.fixture(scope="session")
+def organism_world(organism_setup):
+    return organism_setup.world
+
+
+def _pair(organism_setup, method):
+    from palimpsest.demo import organism_pair
+
+    return organism_pair(method, organism_setup)
+
+
+@pytest.fixture(scope="session")
+def organism_pair_suppress(organism_setup):
+    return _pair(organism_setup, "suppress")
+
+
+@pytest.fixture(scope="session")
+def organism_pair_oracle(organism_setup):
+    return _pair(organism_setup, "oracle")
+
+
+@pytest.fixture(scope="session")
+def organism_pair_ga(organism_setup):
+    return _pair(organism_setup, "ga")
+
+
+@pytest.fixture(scope="session")
+def organism_floor(organism_setup):
+    from palimpsest.models import load_model
+
+    return load_model(organism_setup.floor_dir, name="floor")
+
+
+@pytest.fixture(scope="session")
+def sae_cache() -> Path:
+    """The shared cache root (SAEs are keyed by model hash, site, corpus and config inside it)."""
+    from palimpsest.organism import cache_root
+
+    return cache_root(None)

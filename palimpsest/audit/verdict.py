@@ -70,13 +70,19 @@ def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditC
         reasons.append(f"only {len(usable)} residue analyses reached a conclusion (need min_residue_analyses="
                        f"{config.min_residue_analyses}); missing: {', '.join(missing) or 'none registered'}")
         return Verdict("inconclusive", collateral, True, reasons, missing)
-    high = {name: r for name, r in usable.items() if r.residue > config.deleted_max_residue}
+    # deleted: no analysis is significantly above the deletion bound (each interval reaches down to it)
+    high = {name: r for name, r in usable.items() if _lower(r) > config.deleted_max_residue}
     if not high:
-        reasons.append(f"all {len(usable)} residue scores are at most deleted_max_residue={config.deleted_max_residue}: "
-                       "nothing can be read or restored beyond the floor")
+        reasons.append(f"all {len(usable)} residue scores are consistent with at most deleted_max_residue="
+                       f"{config.deleted_max_residue} (each interval's lower bound is at or below it): nothing can "
+                       "be read or restored beyond the floor")
         return Verdict("deleted", collateral, True, reasons, missing)
     for name, r in sorted(high.items(), key=lambda kv: -kv[1].residue):
         ci = f" [{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else ""
         reasons.append(f"{name}: residue {r.residue:.2f}{ci} is above deleted_max_residue={config.deleted_max_residue} "
                        f"but its interval reaches below suppressed_min_residue={config.suppressed_min_residue}")
     return Verdict("inconclusive", collateral, True, reasons, missing)
+
+
+def _lower(result: Result) -> float:
+    return result.ci[0] if result.ci is not None else float(result.residue)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from palimpsest.io import atomic_dir
+from palimpsest.io import atomic_dir, file_lock
 from palimpsest.vision.data import FORGET_CLASS, load_digits_data
 from palimpsest.vision.models import make_model
 from palimpsest.vision.train import train_classifier
@@ -63,20 +63,25 @@ def build_digits_model(arch: str = "cnn", seed: int = 0, exclude_classes: tuple[
     exclude = tuple(sorted(set(exclude_classes)))
     order_seed = seed if order_seed is None else order_seed
     path = model_dir(arch, seed, exclude, cache_dir, order_seed)
-    if not (path / "model.safetensors").is_file():
-        data = load_digits_data()
-        x, y = data.without(exclude) if exclude else (data.train_x, data.train_y)
-        torch.manual_seed(seed)
-        model = make_model(arch)
-        train_classifier(model, x, y, seed=order_seed, **TRAIN_DEFAULTS[arch])
-        with atomic_dir(path) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-            (tmp / "config.json").write_text(json.dumps(_spec(arch, seed, exclude, order_seed), indent=2),
-                                             encoding="utf-8")
+    with file_lock(path.parent / f".lock-{path.name}"):  # parallel workers must not rebuild it under each other
+        if not (path / "model.safetensors").is_file():
+            _train_and_save(path, arch, seed, exclude, order_seed)
     model = make_model(arch)
     model.load_state_dict(load_file(path / "model.safetensors"))
     model.source = str(path)  # where the weights live, for the report
     return model.eval()
+
+
+def _train_and_save(path, arch: str, seed: int, exclude: tuple[int, ...], order_seed: int) -> None:
+    data = load_digits_data()
+    x, y = data.without(exclude) if exclude else (data.train_x, data.train_y)
+    torch.manual_seed(seed)
+    model = make_model(arch)
+    train_classifier(model, x, y, seed=order_seed, **TRAIN_DEFAULTS[arch])
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(_spec(arch, seed, exclude, order_seed), indent=2),
+                                         encoding="utf-8")
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""The behavioural metrics open-unlearning reports: exact memorization, extraction strength, truth ratio and
+forget quality (KS test of the truth-ratio distribution against the floor/oracle model's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from jaxtyping import Bool, Float
+from scipy.stats import ks_2samp
+
+from palimpsest.capture import score_answers
+from palimpsest.stats import bootstrap_mean_ci, calibrate
+from palimpsest.types import AuditConfig, Result, inconclusive, register
+
+SETS = ("forget", "retain")
+
+
+def exact_memorization(top1: Bool[np.ndarray, " answer"]) -> float:
+    """Fraction of answer tokens that are the model's top prediction under teacher forcing."""
+    return float(np.mean(top1)) if len(top1) else float("nan")
+
+
+def extraction_strength(top1: Bool[np.ndarray, " answer"]) -> float:
+    """1 − k*/|y|, k* the first position from which every remaining answer token is the top prediction."""
+    top1 = np.asarray(top1, dtype=bool)
+    if len(top1) == 0:
+        return float("nan")
+    misses = np.flatnonzero(~top1)
+    k_star = 0 if len(misses) == 0 else int(misses[-1]) + 1
+    return 1.0 - k_star / len(top1)
+
+
+def truth_ratios(model, tokenizer, items, batch_size: int) -> tuple[Float[np.ndarray, " n"], list[int], bool]:
+    """Per item with perturbed answers: R = mean_k P(perturbed_k)^(1/|y_k|) / P(paraphrased)^(1/|y|).
+
+    Returns (R, indices of the items used, whether any item lacked a paraphrased answer and used its answer).
+    """
+    used = [i for i, it in enumerate(items) if it.perturbed_answers]
+    if not used:
+        return np.zeros(0), [], False
+    chosen = [items[i] for i in used]
+    fell_back = any(it.paraphrased_answer is None for it in chosen)
+    true_answers = [it.paraphrased_answer or it.answer for it in chosen]
+    true_lp = score_answers(model, tokenizer, chosen, answers=true_answers, batch_size=batch_size).mean_logprob
+    flat_items = [it for it in chosen for _ in it.perturbed_answers]
+    owner = np.array([j for j, it in enumerate(chosen) for _ in it.perturbed_answers])
+    wrong_lp = score_answers(model, tokenizer, flat_items, answers=[a for it in chosen for a in it.perturbed_answers],
+                             batch_size=batch_size).mean_logprob
+    wrong_prob = np.bincount(owner, weights=np.exp(wrong_lp), minlength=len(chosen)) / np.bincount(owner)
+    return wrong_prob / np.exp(true_lp), used, fell_back
+
+
+def _figure(rows: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    colours = {"pre": "#4C78A8", "post": "#E45756", "floor": "#9D9D9D"}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sel = [r for r in rows if r["model"] == model]
+        fig.add_bar(name=model, x=[f"{r['set']}: {r['metric']}" for r in sel], y=[r["value"] for r in sel],
+                    marker_color=colours.get(model))
+    fig.update_layout(barmode="group", yaxis=dict(title="score", range=[0, 1.05]), height=360,
+                      margin=dict(l=50, r=20, t=30, b=80))
+    return fig
+
+
+@register
+class Memorization:
+    name = "memorization"
+    kind = "info"
+    title = "Memorization, extraction strength and truth ratio"
+    description = (
+        "The behavioural metrics of open-unlearning, for forget and retain items under pre, post and the floor model: "
+        "exact memorization (share of answer tokens that are the top prediction under teacher forcing), extraction "
+        "strength (1 − k*/|y|, k* the first answer position from which every remaining token is predicted), the truth "
+        "ratio R = P(perturbed)/P(paraphrased) with per-token normalised probabilities (reported as min(R, 1/R) on "
+        "forget, max(0, 1 − R) on retain, as open-unlearning does), and forget quality: the KS-test p-value of the "
+        "post model's forget truth ratios against the floor model's (high = indistinguishable from the oracle). The "
+        "calibrated extraction strength (floor → 0, pre → 1) is shown as a residue but, being behaviour, is info only."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+        models = pair.models()
+        summary: dict = {}
+        tables: dict[str, list] = {"per_set": []}
+        figure_rows, per_item = [], []
+        es: dict[tuple[str, str], np.ndarray] = {}
+        tr: dict[tuple[str, str], np.ndarray] = {}
+        fell_back = False
+        for item_set in SETS:
+            items = list(concept.items(item_set))
+            if not items:
+                continue
+            for model_name, loaded in models.items():
+                scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=config.batch_size)
+                em = np.array([exact_memorization(t) for t in scores.token_top1])
+                es[(item_set, model_name)] = ext = np.array([extraction_strength(t) for t in scores.token_top1])
+                ratios, used, fb = truth_ratios(loaded.model, loaded.tokenizer, items, config.batch_size)
+                fell_back |= fb
+                tr[(item_set, model_name)] = ratios
+                row = {"set": item_set, "model": model_name, "n": len(items), "exact_memorization": float(em.mean()),
+                       "extraction_strength": float(ext.mean())}
+                summary[f"{item_set}_em_{model_name}"] = row["exact_memorization"]
+                summary[f"{item_set}_es_{model_name}"] = row["extraction_strength"]
+                if len(ratios):
+                    stat = np.minimum(ratios, 1 / ratios) if item_set == "forget" else np.maximum(0, 1 - ratios)
+                    row["truth_ratio"] = float(stat.mean())
+                    summary[f"{item_set}_truth_ratio_{model_name}"] = row["truth_ratio"]
+                tables["per_set"].append(row)
+                figure_rows += [{"set": item_set, "model": model_name, "metric": m, "value": row[m]}
+                                for m in ("exact_memorization", "extraction_strength", "truth_ratio") if m in row]
+                if item_set == "forget":
+                    for i, it in enumerate(items):
+                        if model_name == "pre":
+                            per_item.append({"index": i, "prompt": it.prompt, "answer": it.answer})
+                        per_item[i][f"em_{model_name}"] = round(float(em[i]), 4)
+                        per_item[i][f"es_{model_name}"] = round(float(ext[i]), 4)
+                        if i in used:
+                            per_item[i][f"truth_ratio_{model_name}"] = round(float(ratios[used.index(i)]), 4)
+        notes = []
+        if fell_back:
+            notes.append("items without a paraphrased answer use their own answer as the true answer of the truth ratio")
+        floor = pair.floor is not None
+        if floor and len(tr.get(("forget", "floor"), [])) >= 2:
+            summary["forget_quality"] = float(ks_2samp(tr[("forget", "post")], tr[("forget", "floor")]).pvalue)
+            summary["forget_quality_pre"] = float(ks_2samp(tr[("forget", "pre")], tr[("forget", "floor")]).pvalue)
+        summary["n_forget"] = len(concept.forget)
+        lo, hi = bootstrap_mean_ci(es[("forget", "post")], n_bootstrap=config.n_bootstrap, seed=config.seed)
+        summary["forget_es_post_ci"] = [lo, hi]
+        common = dict(kind="info", summary=summary, tables=tables, per_item=per_item)
+        post_es = summary["forget_es_post"]
+        if not floor:
+            result = Result(name=self.name, **common,
+                            evidence=f"extraction strength on the forget items {summary['forget_es_pre']:.2f} -> "
+                                     f"{post_es:.2f} (no floor model: not calibrated)")
+        elif len(concept.forget) < config.min_items:
+            result = inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items="
+                                  f"{config.min_items})", **common)
+        else:
+            cal = calibrate(es[("forget", "post")], es[("forget", "floor")], es[("forget", "pre")],
+                            n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed, paired=True)
+            if cal.residue is None:
+                result = inconclusive(self.name, f"the pre model's extraction strength ({cal.ceiling:.2f}) is not "
+                                      f"above the floor model's ({cal.floor:.2f}): nothing to calibrate", **common,
+                                      floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source="floor model")
+            else:
+                fq = summary.get("forget_quality")
+                result = Result(
+                    name=self.name, residue=cal.residue, ci=cal.ci, floor=cal.floor, ceiling=cal.ceiling,
+                    post=cal.post, floor_source="floor model (oracle) extraction strength", **common,
+                    evidence=(f"extraction strength on the forget items {cal.ceiling:.2f} (pre) -> {cal.post:.2f} "
+                              f"(post), floor {cal.floor:.2f}"
+                              + (f"; forget quality (KS p vs floor) {fq:.3g}" if fq is not None else "")))
+        result.notes.extend(notes)
+        result.add_figure("Memorization metrics", _figure(figure_rows))
+        return result

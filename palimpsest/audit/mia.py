@@ -1,0 +1,172 @@
+"""Membership inference on forget (members) vs holdout (never-trained) items: LOSS, zlib, Min-K% and Min-K%++,
+scored on the full text (prompt + answer) as the MIA literature does; AUC per attack, PrivLeak against the oracle."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from sklearn.metrics import roc_auc_score
+
+from palimpsest.capture import encode
+from palimpsest.capture.backends import forward_kwargs
+from palimpsest.stats import calibrate_value
+from palimpsest.types import AuditConfig, Result, inconclusive, register, skipped
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+
+
+def full_text(item) -> str:
+    answer = item.answer if item.answer.startswith(" ") else " " + item.answer
+    return item.prompt + answer
+
+
+def token_statistics(model, tokenizer, texts: list[str], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Per text, per predicted token: log p(x_t | x_<t), and the mean and std of log p under the model's own
+    next-token distribution (what Min-K%++ normalises by)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        batch = encode(tokenizer, chunk).to(device)
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(**forward_kwargs(batch)).logits.float(), dim=-1)[:, :-1]
+        targets = batch.input_ids[:, 1:]
+        token_lp = logp.gather(-1, targets[..., None]).squeeze(-1)
+        probs = logp.exp()
+        mu = (probs * logp).sum(-1)
+        sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+        valid = batch.attention_mask[:, 1:].bool()
+        for row in range(len(chunk)):
+            keep = valid[row]
+            out.append({"logp": token_lp[row, keep].double().cpu().numpy(), "mu": mu[row, keep].double().cpu().numpy(),
+                        "sigma": sigma[row, keep].double().cpu().numpy()})
+    return out
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    n = max(1, int(np.ceil(k * len(values))))
+    return float(np.sort(values)[:n].mean())
+
+
+def attack_scores(stats: list[dict[str, np.ndarray]], texts: list[str], k: float) -> dict[str, Float[np.ndarray, " n"]]:
+    """Membership scores, higher = more likely a training member, for every attack."""
+    loss = np.array([-s["logp"].mean() for s in stats])
+    zlib_bytes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
+    return {
+        "loss": -loss,
+        "zlib": -loss / zlib_bytes,
+        "min_k": np.array([_lowest_mean(s["logp"], k) for s in stats]),
+        "min_k_plus_plus": np.array([_lowest_mean((s["logp"] - s["mu"]) / s["sigma"], k) for s in stats]),
+    }
+
+
+def pairwise_wins(members: Float[np.ndarray, " m"], nonmembers: Float[np.ndarray, " h"]) -> Float[np.ndarray, "m h"]:
+    """1 where the member scores higher, 0.5 on ties: the mean over any rows/columns is that sample's AUC."""
+    diff = members[:, None] - nonmembers[None, :]
+    return (diff > 0) + 0.5 * (diff == 0)
+
+
+def bootstrap_residue(wins: dict[str, np.ndarray], *, n_bootstrap: int, ci_level: float, seed: int,
+                      min_gap: float) -> tuple[float, float] | None:
+    """Percentile CI of (AUC_post − AUC_floor) / (AUC_pre − AUC_floor), resampling members and non-members
+    (the same resample for the three models). Hand-written: sklearn has no bootstrap of a calibrated AUC ratio;
+    the pairwise-wins matrix makes each resampled AUC one indexed mean."""
+    rng = np.random.default_rng(seed)
+    m, h = wins["pre"].shape
+    values = []
+    for _ in range(n_bootstrap):
+        rows, cols = rng.integers(0, m, m), rng.integers(0, h, h)
+        auc = {name: float(w[np.ix_(rows, cols)].mean()) for name, w in wins.items()}
+        value = calibrate_value(auc["post"], auc["floor"], auc["pre"], min_gap)
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None
+    alpha = (1 - ci_level) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def _figure(aucs: dict[str, dict[str, float]]) -> go.Figure:
+    fig = go.Figure()
+    colours = {"pre": "#4C78A8", "post": "#E45756", "floor": "#9D9D9D"}
+    for model, by_attack in aucs.items():
+        fig.add_bar(name=model, x=list(by_attack), y=list(by_attack.values()), marker_color=colours.get(model))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#888", annotation_text="chance")
+    fig.update_layout(barmode="group", yaxis=dict(title="AUC (forget = members, holdout = non-members)",
+                                                  range=[0, 1.05]), height=360, margin=dict(l=50, r=20, t=30, b=40))
+    return fig
+
+
+@register
+class MembershipInference:
+    name = "mia"
+    kind = "residue"
+    title = "Membership inference (forget vs never-trained items)"
+    description = (
+        "Can an attacker still tell the forget items (members) from never-trained items of the same kind (the "
+        "concept's holdout set)? Four attacks score the full text (prompt + answer): LOSS, zlib (loss over zlib "
+        "entropy), Min-K% (mean of the lowest k% token log-probs) and Min-K%++ (the same on log-probs standardised "
+        "by the model's own next-token distribution); each gives an AUC (0.5 = indistinguishable). With a floor "
+        "(oracle) model the residue is the calibrated AUC of the chosen attack, (AUC_post − AUC_floor) / (AUC_pre − "
+        "AUC_floor), and PrivLeak = (AUC_post − AUC_floor) / AUC_floor per attack; without one the AUCs are info only "
+        "(holdout items need not be distributed like the forget items on a real model)."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+        members, nonmembers = list(concept.forget), list(concept.holdout)
+        if not nonmembers:
+            return skipped(self.name, "the concept has no holdout (never-trained) items to serve as non-members")
+        k = float(config.option(self.name, "k", 0.2))
+        attack = config.option(self.name, "attack", "loss")
+        if attack not in ATTACKS:
+            raise ValueError(f"mia attack {attack!r} unknown: use one of {', '.join(ATTACKS)}")
+        min_gap = float(config.option(self.name, "min_gap", 0.1))
+        texts = [full_text(it) for it in members + nonmembers]
+        labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+        aucs: dict[str, dict[str, float]] = {}
+        scores_by_model = {}
+        for model_name, loaded in pair.models().items():
+            stats = token_statistics(loaded.model, loaded.tokenizer, texts, config.batch_size)
+            scores_by_model[model_name] = scores = attack_scores(stats, texts, k)
+            aucs[model_name] = {a: float(roc_auc_score(labels, s)) for a, s in scores.items()}
+        summary: dict = {f"auc_{m}": dict(v) for m, v in aucs.items()}
+        summary.update({"attack": attack, "k": k, "n_members": len(members), "n_nonmembers": len(nonmembers)})
+        tables = {"auc": [{"attack": a, **{m: round(aucs[m][a], 4) for m in aucs}} for a in ATTACKS]}
+        per_item = [{"set": "forget" if i < len(members) else "holdout", "text": t,
+                     **{f"{a}_{m}": round(float(scores_by_model[m][a][i]), 4) for m in aucs for a in ATTACKS}}
+                    for i, t in enumerate(texts)]
+        common = dict(summary=summary, tables=tables, per_item=per_item)
+        if pair.floor is None:
+            result = Result(name=self.name, kind="info", **common,
+                            evidence=f"{attack} AUC {aucs['pre'][attack]:.2f} (pre) -> {aucs['post'][attack]:.2f} "
+                                     "(post); no floor model, so not calibrated")
+            result.notes.append("no floor model: AUCs are reported, not calibrated (0.5 is chance only when the "
+                                "holdout items are distributed like the forget items)")
+        else:
+            summary["privleak"] = {a: (aucs["post"][a] - aucs["floor"][a]) / aucs["floor"][a] for a in ATTACKS}
+            summary["privleak_pre"] = {a: (aucs["pre"][a] - aucs["floor"][a]) / aucs["floor"][a] for a in ATTACKS}
+            post, floor, ceiling = aucs["post"][attack], aucs["floor"][attack], aucs["pre"][attack]
+            residue = calibrate_value(post, floor, ceiling, min_gap)
+            fields = dict(floor=floor, ceiling=ceiling, post=post, floor_source="floor model (oracle) AUC", **common)
+            if min(len(members), len(nonmembers)) < config.min_items:
+                result = inconclusive(self.name, f"too few items ({len(members)} members, {len(nonmembers)} "
+                                      f"non-members; min_items={config.min_items})", **fields)
+            elif residue is None:
+                result = inconclusive(self.name, f"{attack} AUC of the pre model ({ceiling:.2f}) is not above the "
+                                      f"floor model's ({floor:.2f}) by min_gap={min_gap}: the attack cannot "
+                                      "separate members from non-members", **fields)
+            else:
+                wins = {m: pairwise_wins(scores_by_model[m][attack][:len(members)],
+                                         scores_by_model[m][attack][len(members):]) for m in ("pre", "post", "floor")}
+                ci = bootstrap_residue(wins, n_bootstrap=config.n_bootstrap, ci_level=config.ci_level,
+                                       seed=config.seed, min_gap=min_gap)
+                result = Result(name=self.name, kind="residue", residue=residue, ci=ci, **fields,
+                                evidence=(f"{attack} membership AUC {ceiling:.2f} (pre) -> {post:.2f} (post), floor "
+                                          f"{floor:.2f}; PrivLeak {summary['privleak'][attack]:+.2f}"))
+        result.add_figure("Membership-inference AUC per attack", _figure(aucs))
+        return result

@@ -1,0 +1,180 @@
+"""`palimpsest demo`: build the organism, unlearn it with every method, audit each, write the comparison page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+ORGANISM_METHODS = ("oracle", "suppress", "ga", "graddiff", "npo", "rmu", "sauce")
+# ground truth the audit must reproduce on the organism's controls
+EXPECTED = {"oracle": "deleted", "suppress": "suppressed", "sauce": "suppressed"}
+FLOOR_DATA_SEED = 1  # the calibration floor: an oracle retrained with another batch order
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class OrganismSetup:
+    pre_dir: Path
+    oracle_dir: Path
+    floor_dir: Path
+    concept: object
+    world: object
+    cache: Path
+
+
+def _build(kind: str, seed: int, forget: tuple[str, ...], cache: str) -> str:
+    """One organism build, in its own process (training is pinned to one thread, so builds run side by side)."""
+    from palimpsest.io import file_lock
+    from palimpsest.organism import build_oracle, build_organism
+
+    with file_lock(Path(cache) / f".lock-{kind}-{seed}"):
+        if kind == "pre":
+            return str(build_organism(seed, cache))
+        if kind == "oracle":
+            return str(build_oracle(seed, forget, cache))
+        return str(build_oracle(seed, forget, cache, data_seed=FLOOR_DATA_SEED))
+
+
+def organism_setup(seed: int = 0, cache_dir: str | Path | None = None, *, forget_people=None,
+                   progress: Progress | None = None, parallel: bool = True) -> OrganismSetup:
+    """The pre organism, its oracle and an independent floor oracle (built in parallel when missing)."""
+    from palimpsest.organism import ORGANISM_FORGET_DEFAULT, cache_root, load_world, organism_concept
+
+    cache = cache_root(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    world = load_world(seed)
+    forget = tuple(forget_people or ORGANISM_FORGET_DEFAULT)
+    concept = organism_concept(world, list(forget))
+    kinds = ("pre", "oracle", "floor")
+    if progress:
+        progress("building the organism, its oracle and the floor oracle (cached after the first run)")
+    if parallel:
+        with ProcessPoolExecutor(max_workers=3, mp_context=multiprocessing.get_context("spawn")) as pool:
+            paths = list(pool.map(_build, kinds, [seed] * 3, [forget] * 3, [str(cache)] * 3))
+    else:
+        paths = [_build(kind, seed, forget, str(cache)) for kind in kinds]
+    return OrganismSetup(Path(paths[0]), Path(paths[1]), Path(paths[2]), concept, world, cache)
+
+
+def _post_key(method: str, setup: OrganismSetup, seed: int) -> str:
+    payload = {"pre": setup.pre_dir.name, "method": method, "seed": seed,
+               "concept": setup.concept.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def organism_post_dir(method: str, setup: OrganismSetup, seed: int = 0) -> Path:
+    """The cached post-model directory of a weight-editing method (oracle: the oracle retrain)."""
+    from palimpsest.io import file_lock
+    from palimpsest.organism import is_complete
+    from palimpsest.unlearn import make_post_model
+
+    if method == "oracle":
+        return setup.oracle_dir
+    target = setup.cache / f"post-{method}-{_post_key(method, setup, seed)}"
+    with file_lock(setup.cache / f".lock-post-{method}"):
+        if not is_complete(target):
+            make_post_model(method, setup.pre_dir, setup.concept, setup.world, target, seed)
+    return target
+
+
+def sauce_post(pre, concept):
+    """SAUCE: the pre model with its SAE concept features clamped by a hook (weights untouched)."""
+    from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae, sauce_clamp
+    from palimpsest.sae.analyser import default_site
+
+    site = default_site(pre.model)
+    config = SAEConfig()
+    sae, _quality = get_or_train_sae(pre, site, concept_corpus(concept), config)
+    features = concept_features(sae, pre, site, concept, config)
+    return sauce_clamp(pre, sae, site, features)
+
+
+def organism_pair(method: str, setup: OrganismSetup, seed: int = 0):
+    from palimpsest.models import ModelPair, load_model
+
+    pre = load_model(setup.pre_dir, name="pre")
+    floor = load_model(setup.floor_dir, name="floor")
+    if method == "sauce":
+        post = sauce_post(pre, setup.concept)
+    else:
+        post = load_model(organism_post_dir(method, setup, seed), name="post")
+    return ModelPair(pre=pre, post=post, floor=floor)
+
+
+def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: int = 0, cache_dir=None,
+                      progress: Progress | None = None, config=None, figure_formats=()) -> dict:
+    from palimpsest.audit import audit
+    from palimpsest.report import write_audit
+    from palimpsest.report.comparison import write_comparison
+    from palimpsest.types import AuditConfig
+
+    out_dir = Path(out_dir)
+    config = config or AuditConfig(seed=seed)
+    started = time.perf_counter()
+    setup = organism_setup(seed, cache_dir, progress=progress)
+    results = {}
+    for method in methods:
+        if progress:
+            progress(f"{method}: making the post-model")
+        pair = organism_pair(method, setup, seed)
+        if progress:
+            progress(f"{method}: auditing")
+        results[method] = audit(pair, setup.concept, config)
+        write_audit(results[method], out_dir / method, figure_formats=figure_formats)
+        if progress:
+            progress(f"{method}: {results[method].verdict}")
+    write_comparison(results, out_dir, title="palimpsest demo: the model organism",
+                     expected={m: v for m, v in EXPECTED.items() if m in results},
+                     notes=[f"pre model: {setup.pre_dir.name}; floor: an oracle retrained with data seed "
+                            f"{FLOOR_DATA_SEED} ({setup.floor_dir.name}); total {time.perf_counter() - started:.0f} s"])
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    from palimpsest.cli import BadInput, _progress, guarded, out
+
+    @app.command()
+    @guarded
+    def demo(model: Annotated[str, typer.Option(help="organism | smollm2 | digits")] = "organism",
+             out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/demo"),
+             methods: Annotated[Optional[str], typer.Option(help="comma-separated post-model methods")] = None,
+             seed: int = 0,
+             figures: Annotated[str, typer.Option(help="also export figures: png,svg,html")] = ""):
+        """Unlearn the embedded model with every method, audit each, and write DIR/index.html."""
+        formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+        with _progress() as bar:
+            task = bar.add_task("demo", total=None)
+
+            def step(message: str) -> None:
+                bar.update(task, description=message)
+                bar.console.log(message)
+
+            if model == "organism":
+                chosen = tuple(m.strip() for m in methods.split(",")) if methods else ORGANISM_METHODS
+                unknown = sorted(set(chosen) - set(ORGANISM_METHODS))
+                if unknown:
+                    raise BadInput(f"unknown methods {unknown}; choose from {', '.join(ORGANISM_METHODS)}")
+                bar.update(task, total=len(chosen))
+                results = run_organism_demo(out_dir, methods=chosen, seed=seed, progress=step, figure_formats=formats)
+            elif model == "digits":
+                from palimpsest.vision.demo import run_digits_demo
+
+                results = run_digits_demo(out_dir, seed=seed, progress=step)
+            elif model == "smollm2":
+                from palimpsest.real_demo import run_smollm2_demo
+
+                results = run_smollm2_demo(out_dir, seed=seed, progress=step, figure_formats=formats)
+            else:
+                raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")
+        for method, result in results.items():
+            out.print(f"{method:>10}: {result.verdict}" + (" (collateral)" if result.collateral else ""))
+        out.print(f"comparison page: {out_dir / 'index.html'}")

@@ -1,0 +1,202 @@
+"""The `concept_vectors` analyser and `list_concept_vectors` (after ConceptVectors, Hong et al. 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from palimpsest.probes.vectors import (
+    all_value_vectors,
+    answer_log_odds,
+    compare_vectors,
+    concept_scores,
+    concept_token_ids,
+    random_picks,
+    top_token_ids,
+    vocab_projection,
+)
+from palimpsest.stats import calibrate
+from palimpsest.types import AuditConfig, Result, inconclusive, register
+
+
+@dataclass(frozen=True)
+class ConceptVector:
+    layer: int
+    index: int
+    score: float  # mean vocabulary z-score of the concept's tokens in the vector's projection
+
+
+def find_concept_vectors(model: torch.nn.Module, token_ids: list[int], top_k: int) -> list[ConceptVector]:
+    """The value vectors (over all layers) whose vocabulary projection promotes the concept tokens most."""
+    found = []
+    for layer, vectors in enumerate(all_value_vectors(model)):
+        scores = concept_scores(vocab_projection(model, vectors), token_ids)
+        best = scores.topk(min(top_k, len(scores)))
+        found += [ConceptVector(layer, int(i), float(s)) for s, i in zip(best.values, best.indices, strict=True)]
+    return sorted(found, key=lambda v: -v.score)[:top_k]
+
+
+def _picks(vectors: list[ConceptVector]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for v in vectors:
+        out.setdefault(v.layer, []).append(v.index)
+    return out
+
+
+def causal_drop(loaded, items, picks, *, mode: str, noise_scale: float, seed: int, n_random: int,
+                clean: np.ndarray | None = None) -> tuple[float, float]:
+    """(drop in the mean answer log-odds when `picks` are ablated, the same for random units of the same layers)."""
+    clean = answer_log_odds(loaded, items) if clean is None else clean
+    top = float((clean - answer_log_odds(loaded, items, picks=picks, mode=mode, noise_scale=noise_scale,
+                                        seed=seed)).mean())
+    d_mlp = all_value_vectors(loaded.model)[0].shape[0]
+    rng = np.random.default_rng(seed)
+    rand = [float((clean - answer_log_odds(loaded, items, picks=random_picks(picks, d_mlp, rng), mode=mode,
+                                          noise_scale=noise_scale, seed=seed + r + 1)).mean())
+            for r in range(n_random)]
+    return top, float(np.mean(rand))
+
+
+def list_concept_vectors(model, concept, top_k: int = 10, *, n_tokens: int = 10, ablation: str = "zero",
+                         noise_scale: float = 1.0, n_random: int = 3, seed: int = 0) -> list[dict]:
+    """The concept's top value vectors in one model (a LoadedModel), each with its top tokens and causal effect.
+
+    causal_effect = drop of the forget answers' mean first-token log-odds when this one vector is ablated, minus the mean drop
+    for random vectors of the same layer (positive: the vector carries the concept's answers).
+    """
+    token_ids = concept_token_ids(model.tokenizer, concept)
+    if not token_ids:
+        raise ValueError(f"concept {concept.name!r}: none of its answers or keywords is a token of this model")
+    vectors = find_concept_vectors(model.model, token_ids, top_k)
+    items = list(concept.forget)
+    clean = answer_log_odds(model, items)
+    d_mlp = all_value_vectors(model.model)[0].shape[0]
+    rng = np.random.default_rng(seed)
+    baseline: dict[int, float] = {}
+    out = []
+    for v in vectors:
+        if v.layer not in baseline:
+            drops = [float((clean - answer_log_odds(model, items, picks={v.layer: [int(u)]}, mode=ablation,
+                                                   noise_scale=noise_scale, seed=seed)).mean())
+                     for u in rng.choice(d_mlp, size=n_random, replace=False)]
+            baseline[v.layer] = float(np.mean(drops))
+        drop = float((clean - answer_log_odds(model, items, picks={v.layer: [v.index]}, mode=ablation,
+                                             noise_scale=noise_scale, seed=seed)).mean())
+        projection = vocab_projection(model.model, all_value_vectors(model.model)[v.layer][v.index][None])[0]
+        tokens = [model.tokenizer.decode([t]).strip() for t in top_token_ids(projection, n_tokens)]
+        out.append({"layer": v.layer, "index": v.index, "score": v.score, "top_tokens": tokens,
+                    "log_odds_drop": drop, "random_drop": baseline[v.layer], "causal_effect": drop - baseline[v.layer]})
+    return out
+
+
+@register
+class ConceptVectors:
+    name = "concept_vectors"
+    kind = "residue"
+    title = "Concept vectors (parametric traces)"
+    description = (
+        "The MLP value vectors (rows of each layer's output projection) are read through the unembedding; those "
+        "whose projection most promotes the concept's answers and keywords are the concept vectors, confirmed "
+        "causally on the pre model (ablating them lowers the forget answers' log-odds more than ablating "
+        "random vectors of the same layers). Each is compared between pre and post as in ConceptVectors: cosine "
+        "similarity, distance, Jaccard overlap of the top vocabulary tokens, share of concept tokens kept, and the "
+        "causal effect of ablating it in the post model. Residue = the vectors' cosine similarity pre vs post, "
+        "calibrated between the floor (the same vectors in the floor model, or random vectors of the post model) "
+        "and 1, times the share of their causal effect on the forget answers that survives in the post model."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
+        top_k, mode = int(opt("top_k", 10)), str(opt("ablation", "zero"))
+        noise_scale, n_random = float(opt("noise_scale", 1.0)), int(opt("n_random", 3))
+        min_effect = float(opt("min_causal_effect", 0.05))
+        pre, post, floor = pair.pre, pair.post, pair.floor
+        if len(concept.forget) < config.min_items:
+            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
+        token_ids = concept_token_ids(pre.tokenizer, concept)
+        if not token_ids:
+            return inconclusive(self.name, "none of the concept's answers or keywords is a token of this model")
+        vocab = int(pre.model.get_output_embeddings().weight.shape[0])
+        n_top = int(opt("top_tokens", min(200, max(10, vocab // 10))))
+        vectors = find_concept_vectors(pre.model, token_ids, top_k)
+        picks = _picks(vectors)
+        items = list(concept.forget)
+        kw = dict(mode=mode, noise_scale=noise_scale, seed=config.seed, n_random=n_random)
+        drop_pre, rand_pre = causal_drop(pre, items, picks, **kw)
+        drop_post, rand_post = causal_drop(post, items, picks, **kw)
+        effect_pre, effect_post = drop_pre - rand_pre, drop_post - rand_post
+        models = {"post": post} | ({"floor": floor} if floor is not None else {})
+        vec = {name: all_value_vectors(m.model) for name, m in {"pre": pre, **models}.items()}
+        rows, cos = [], {"post": [], "floor": [], "chance": []}
+        rng = np.random.default_rng(config.seed)
+        for v in vectors:
+            v_pre = vec["pre"][v.layer][v.index]
+            proj_pre = vocab_projection(pre.model, v_pre[None])[0]
+            row = {"layer": v.layer, "index": v.index, "score": v.score,
+                   "top_tokens_pre": [pre.tokenizer.decode([t]).strip() for t in top_token_ids(proj_pre, 8)]}
+            for name, m in models.items():
+                v_other = vec[name][v.layer][v.index]
+                proj = vocab_projection(m.model, v_other[None])[0]
+                stats = compare_vectors(v_pre, v_other, proj_pre, proj, token_ids, n_top)
+                row.update({f"{k}_{name}": value for k, value in stats.items()})
+                cos[name].append(stats["cosine"])
+            # chance: v_pre against random vectors of the same layer of the post model
+            others = rng.choice(vec["post"][v.layer].shape[0], size=8, replace=False)
+            cos["chance"].append(float(torch.nn.functional.cosine_similarity(
+                v_pre[None], vec["post"][v.layer][torch.as_tensor(others)]).abs().mean()))
+            rows.append(row)
+        floor_key = "floor" if floor is not None else "chance"
+        floor_source = ("the same vectors in the floor model" if floor is not None
+                        else "|cosine| of each vector with random vectors of the post model's same layer")
+        cal = calibrate(cos["post"], cos[floor_key], [1.0] * len(vectors), paired=True,
+                        n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
+        summary = {
+            "n_vectors": len(vectors), "layers": sorted(picks), "ablation": mode, "top_tokens_n": n_top,
+            "cosine_post": float(np.mean(cos["post"])), "causal_effect_pre": effect_pre,
+            "causal_effect_post": effect_post, "log_odds_drop_pre": drop_pre, "random_drop_pre": rand_pre,
+            "log_odds_drop_post": drop_post, "random_drop_post": rand_post,
+            "causal_ratio_post": effect_post / effect_pre if effect_pre > 0 else None,
+            **{f"{k}_post": float(np.mean([r[f"{k}_post"] for r in rows])) for k in
+               ("distance", "relative_distance", "jaccard_top")},
+        }
+        kept = [r["concept_tokens_kept_post"] for r in rows if r["concept_tokens_kept_post"] is not None]
+        summary["concept_tokens_kept_post"] = float(np.mean(kept)) if kept else None
+        if floor is not None:
+            summary["cosine_floor"] = float(np.mean(cos["floor"]))
+            summary["jaccard_top_floor"] = float(np.mean([r["jaccard_top_floor"] for r in rows]))
+        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
+                      summary=summary, per_item=rows, tables={"vectors": rows})
+        notes = [f"top {len(vectors)} value vectors by concept score; ablation by {mode}; Jaccard over the top "
+                 f"{n_top} tokens (vocabulary {vocab})"]
+        if effect_pre < min_effect:
+            result = inconclusive(self.name, f"the top concept vectors are not causal on the pre model: ablating them "
+                                             f"lowers the forget answers' log-odds by {drop_pre:.3f} vs {rand_pre:.3f} "
+                                             f"for random vectors (effect < {min_effect})", **common)
+            result.notes.extend(notes)
+            return result
+        if cal.residue is None:
+            return inconclusive(self.name, "the floor vectors are as similar to the pre vectors as the ceiling", **common)
+        if effect_post < min_effect:
+            notes.append(f"the vectors no longer matter causally on the post model (effect {effect_post:.3f} vs "
+                         f"{effect_pre:.3f} on pre)")
+        # still there (similarity) and still causal: the residue is the similarity scaled by the causal retention
+        retention = float(np.clip(effect_post / effect_pre, 0.0, 1.0)) if opt("require_causal", True) else 1.0
+        summary.update({"similarity_residue": cal.residue, "causal_retention": retention})
+        residue = cal.residue * retention
+        ci = (cal.ci[0] * retention, cal.ci[1] * retention) if cal.ci else None
+        result = Result(name=self.name, kind=self.kind, status="ok", residue=residue, ci=ci, notes=notes,
+                        evidence=(f"the concept's top value vectors have cosine {cal.post:.2f} with their pre versions "
+                                  f"(floor {cal.floor:.2f}); ablating them costs the post model {effect_post:.2f} "
+                                  f"of answer log-odds (pre {effect_pre:.2f})"), **common)
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        labels = [f"L{r['layer']}#{r['index']}" for r in rows]
+        for name in models:
+            fig.add_trace(go.Bar(x=labels, y=[r[f"cosine_{name}"] for r in rows], name=f"cos(pre, {name})"))
+        fig.update_layout(title="Concept vectors: cosine similarity with the pre model", template="plotly_white",
+                          yaxis_title="cosine", barmode="group")
+        result.add_figure("Concept vector similarity", fig)
+        return result

@@ -1,0 +1,124 @@
+"""The `quantization` analyser: round the post model's weights to 8 and 4 bits (optimum-quanto) and see whether
+forgotten answers come back (unlearning updates are often smaller than one quantization step)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from palimpsest.models import LoadedModel
+from palimpsest.restoration.common import calibrated_result, correct, item_rows, restoration_rate
+from palimpsest.restoration.figures import bars_figure
+from palimpsest.types import AuditConfig, inconclusive, register
+
+# quantization that keeps less than this share of the pre model's accuracy breaks the model: that width is not used
+MIN_KEPT_ACCURACY = 0.5
+
+
+def quantized(loaded, bits: int) -> LoadedModel:
+    """A deep copy of `loaded` with every linear layer's weights quantized to `bits` (8 or 4) by optimum-quanto."""
+    from optimum.quanto import freeze, qint4, qint8, quantize
+
+    weights = {8: qint8, 4: qint4}.get(int(bits))
+    if weights is None:
+        raise ValueError(f"quantization to {bits} bits is not supported: use 8 or 4")
+    model = copy.deepcopy(loaded.model)
+    quantize(model, weights=weights)
+    freeze(model)
+    model.eval()
+    forward = model.forward
+
+    # quanto's 4-bit weights fail under torch.inference_mode (which scoring uses): run this copy under no_grad
+    def no_grad_forward(*args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            return forward(*args, **kwargs)
+
+    model.forward = no_grad_forward
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer, source=loaded.source, name=f"{loaded.name}@int{bits}")
+
+
+@register
+class Quantization:
+    name = "quantization"
+    kind = "residue"
+    title = "Quantization attack"
+    description = (
+        "The post model's linear weights are quantized to 8 and 4 bits (optimum-quanto, weight-only) and the forget "
+        "items are scored again: unlearning updates smaller than one quantization step are rounded away and the "
+        "answers return. The pre model is quantized the same way to check the model survives quantization (a width "
+        f"keeping less than {MIN_KEPT_ACCURACY:.0%} of pre accuracy is not used). Residue = forget accuracy of the "
+        "quantized post model (best usable width), between the floor (the quantized floor model on the same items, "
+        "or, without one, the quantized post model on never-trained holdout items) and the pre model's accuracy."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig):
+        bits_list = [int(b) for b in config.option(self.name, "bits", (8, 4))]
+        items = list(concept.forget)
+        if len(items) < config.min_items:
+            return inconclusive(self.name, f"only {len(items)} forget items (< min_items={config.min_items})")
+        pre, post, floor = pair.pre, pair.post, pair.floor
+        holdout = list(concept.holdout)
+        if floor is None and len(holdout) < 2:
+            return inconclusive(self.name, "no floor model and too few never-trained holdout items for a floor")
+        bs = config.batch_size
+        ceiling = correct(pre, items, batch_size=bs)
+        post_plain = correct(post, items, batch_size=bs)
+        per_bits, rows, notes = {}, [], []
+        for bits in bits_list:
+            post_model = quantized(post, bits)
+            post_q = correct(post_model, items, batch_size=bs)
+            pre_q = correct(quantized(pre, bits), items, batch_size=bs)
+            if floor is not None:
+                floor_q = correct(quantized(floor, bits), items, batch_size=bs)
+            else:
+                floor_q = correct(post_model, holdout, batch_size=bs)  # never-trained facts: what rounding "recovers"
+            del post_model
+            kept = float(pre_q.mean()) / max(float(ceiling.mean()), 1e-9)
+            usable = kept >= MIN_KEPT_ACCURACY
+            per_bits[bits] = (post_q, floor_q, usable)
+            rows.append({"bits": bits, "forget_acc_post_quantized": float(post_q.mean()),
+                         "forget_acc_pre_quantized": float(pre_q.mean()), "floor_quantized": float(floor_q.mean()),
+                         "pre_accuracy_kept": kept, "usable": usable,
+                         "restoration_rate": restoration_rate(ceiling, post_plain, post_q)})
+            if not usable:
+                notes.append(f"{bits}-bit quantization keeps only {kept:.0%} of the pre model's forget accuracy: "
+                             "that width breaks the model and is not used")
+        usable_bits = [b for b in bits_list if per_bits[b][2]]
+        summary = {"bits": bits_list, "forget_acc_pre": float(ceiling.mean()), "forget_acc_post": float(post_plain.mean())}
+        if not usable_bits:
+            return inconclusive(self.name, "every quantization width breaks the pre model as well",
+                                summary=summary, tables={"per_bits": rows})
+        # the width whose quantized post model is furthest above its floor
+        best = max(usable_bits, key=lambda b: float(per_bits[b][0].mean()) - float(per_bits[b][1].mean()))
+        post_q, floor_q, _ = per_bits[best]
+        summary.update({"chosen_bits": best, "forget_acc_post_quantized": float(post_q.mean()),
+                        "forget_acc_floor_quantized": float(floor_q.mean()),
+                        "restoration_rate": restoration_rate(ceiling, post_plain, post_q)})
+        paired = floor is not None
+        if paired:
+            floor_base, floor_known = correct(floor, items, batch_size=bs), ceiling
+        else:
+            floor_base = correct(post, holdout, batch_size=bs)
+            floor_known = np.ones(len(holdout), dtype=bool)
+        floor_source = ("the floor model quantized the same way" if paired
+                        else "the quantized post model on never-trained holdout items")
+        if len(usable_bits) > 1:
+            notes.append(f"of {len(usable_bits)} usable widths the one with the largest gap over the floor is reported")
+        result = calibrated_result(
+            self.name, post=post_q, floor=floor_q, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
+            floor_known=floor_known, paired=paired, floor_source=floor_source,
+            config=config, summary=summary,
+            per_item=item_rows(items, pre=ceiling, post=post_plain, quantized=post_q,
+                               **({"floor": floor_q} if paired else {})),
+            tables={"per_bits": rows}, notes=notes,
+            evidence=(f"{best}-bit weight quantization changes forget accuracy of the post model from "
+                      f"{summary['forget_acc_post']:.2f} to {summary['forget_acc_post_quantized']:.2f} (pre "
+                      f"{summary['forget_acc_pre']:.2f}, quantized floor {summary['forget_acc_floor_quantized']:.2f})"))
+        result.add_figure("Forget accuracy after quantization",
+                          bars_figure([f"int{r['bits']}" for r in rows],
+                                      {"post": [r["forget_acc_post_quantized"] for r in rows],
+                                       "pre": [r["forget_acc_pre_quantized"] for r in rows],
+                                       "floor": [r["floor_quantized"] for r in rows]}, "forget accuracy"))
+        return result

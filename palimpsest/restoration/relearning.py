@@ -1,0 +1,160 @@
+"""The `relearning` analyser: a few fine-tuning steps on half of the forget facts, recovery measured on the other
+half, against the same fine-tuning of a model that never knew them."""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from palimpsest.capture import encode
+from palimpsest.capture.backends import forward_kwargs
+from palimpsest.concepts import Item
+from palimpsest.models import LoadedModel
+from palimpsest.restoration.common import (
+    calibrated_result,
+    correct,
+    item_rows,
+    restoration_rate,
+    split_items,
+    too_few,
+)
+from palimpsest.restoration.figures import curves_figure
+from palimpsest.types import AuditConfig, inconclusive, register
+
+
+def answer_labels(batch) -> torch.Tensor:
+    """Labels for HF's shifted causal-LM loss: the answer tokens, -100 (ignored) everywhere else."""
+    pos = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None, :]
+    start = batch.answer_start[:, None]
+    keep = (pos >= start) & (pos < start + batch.answer_len[:, None])
+    return torch.where(keep, batch.input_ids, torch.full_like(batch.input_ids, -100))
+
+
+def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size: int, seed: int,
+            eval_items: Sequence[Item] = (), eval_every: int = 0,
+            freeze_output: bool = False) -> tuple[LoadedModel, list[tuple[int, float]]]:
+    """Fine-tune a deep copy of `loaded` on `items` (loss on the answer tokens) for `steps` AdamW steps;
+    with `freeze_output` the output layer (and embeddings tied to it) stays fixed.
+
+    The original model is untouched. Returns the copy (eval mode) and the accuracy on `eval_items` after
+    every `eval_every` steps (step 0 included) when asked.
+    """
+    model = copy.deepcopy(loaded.model)
+    tuned = LoadedModel(model=model, tokenizer=loaded.tokenizer, source=loaded.source, name=f"{loaded.name}+relearn")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    frozen = {id(p) for p in model.get_output_embeddings().parameters()} if freeze_output else set()
+    params = [p for p in model.parameters() if p.is_floating_point() and id(p) not in frozen]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    curve: list[tuple[int, float]] = []
+
+    def record(step: int) -> None:
+        if eval_items and eval_every and step % eval_every == 0:
+            model.eval()
+            curve.append((step, float(correct(tuned, eval_items, batch_size=batch_size).mean())))
+
+    record(0)
+    with torch.inference_mode(False), torch.enable_grad():
+        for step in range(1, steps + 1):
+            model.train()
+            order = torch.randperm(len(items), generator=gen)[:batch_size].tolist()
+            chosen = [items[i] for i in order]
+            batch = encode(loaded.tokenizer, [it.prompt for it in chosen], [it.answer for it in chosen],
+                           [it.subject for it in chosen]).to(device)
+            loss = model(**forward_kwargs(batch), labels=answer_labels(batch)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            record(step)
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return tuned, curve
+
+
+@register
+class Relearning:
+    name = "relearning"
+    kind = "residue"
+    title = "Relearning attack"
+    description = (
+        "A copy of the post model is fine-tuned for a few steps on one half of the forget facts (the answer tokens "
+        "only), and its accuracy is measured on the other half, which it never saw again. A model that still holds "
+        "the knowledge underneath recovers the held-out facts; one that never learned them can only guess. Residue = "
+        "held-out accuracy of the relearned post model, between the floor (the same fine-tuning of the floor model "
+        "on the same items, or, without one, of the post model on the concept's never-trained holdout items) and "
+        "the pre model's accuracy on the held-out half."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig):
+        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
+        steps, lr = int(opt("steps", 10)), float(opt("lr", 1e-3))
+        bs, every = int(opt("batch_size", 32)), int(opt("eval_every", 2))
+        freeze_output = bool(opt("freeze_output", False))
+        items = list(concept.forget)
+        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        if (few := too_few(self.name, len(train), len(held), config)) is not None:
+            return few
+        pre, post, floor = pair.pre, pair.post, pair.floor
+        fit, evaluate = [items[i] for i in train], [items[i] for i in held]
+        ceiling = correct(pre, evaluate, batch_size=config.batch_size)
+        post_plain = correct(post, evaluate, batch_size=config.batch_size)
+        kw = dict(steps=steps, lr=lr, batch_size=bs, seed=config.seed, eval_every=every, freeze_output=freeze_output)
+        tuned, post_curve = relearn(post, fit, eval_items=evaluate, **kw)
+        post_att = correct(tuned, evaluate, batch_size=config.batch_size)
+        fit_acc = float(correct(tuned, fit, batch_size=config.batch_size).mean())
+        del tuned
+        curves = {"post, relearned": [a for _, a in post_curve]}
+        if floor is not None:
+            f_tuned, floor_curve = relearn(floor, fit, eval_items=evaluate, **kw)
+            floor_values, paired = correct(f_tuned, evaluate, batch_size=config.batch_size), True
+            floor_base, floor_known = correct(floor, evaluate, batch_size=config.batch_size), ceiling
+            curves["floor, same fine-tuning"] = [a for _, a in floor_curve]
+            floor_source = "the floor model fine-tuned the same way on the same items"
+            del f_tuned
+        else:
+            holdout = list(concept.holdout)
+            h_train, h_held = split_items(holdout, config.seed, float(opt("test_size", 0.5)))
+            if len(h_train) < 2 or len(h_held) < 2:
+                return inconclusive(self.name, "no floor model and too few holdout items (never-trained facts) to "
+                                               "measure what relearning recovers for facts that were never known")
+            h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=[holdout[i] for i in h_held],
+                                       **kw)
+            h_items = [holdout[i] for i in h_held]
+            floor_values, paired = correct(h_tuned, h_items, batch_size=config.batch_size), False
+            floor_base = correct(post, h_items, batch_size=config.batch_size)
+            floor_known = np.ones(len(h_items), dtype=bool)  # never-trained facts: any answer got right is relearned
+            curves["post on never-trained holdout facts"] = [a for _, a in h_curve]
+            floor_source = "the post model fine-tuned the same way on never-trained holdout facts"
+            del h_tuned
+        summary = {
+            "steps": steps, "lr": lr, "n_train": len(train), "n_held_out": len(held),
+            "held_out_acc_pre": float(ceiling.mean()), "held_out_acc_post": float(post_plain.mean()),
+            "held_out_acc_relearned": float(post_att.mean()), "held_out_acc_floor_relearned": float(floor_values.mean()),
+            "fit_acc_relearned": fit_acc,
+            "restoration_rate": restoration_rate(ceiling, post_plain, post_att),
+        }
+        notes = [f"{steps} AdamW steps (lr {lr:g}, batches of {bs}) on {len(train)} forget items; evaluated on "
+                 f"{len(held)} items of other facts (split by fact)"]
+        if fit_acc < 0.5:
+            notes.append(f"the fine-tuning reached only {fit_acc:.0%} on its own items: raise 'steps' or 'lr'")
+        result = calibrated_result(
+            self.name, post=post_att, floor=floor_values, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
+            floor_known=floor_known, paired=paired, floor_source=floor_source,
+            config=config, summary=summary,
+            per_item=item_rows(evaluate, pre=ceiling, post=post_plain, relearned=post_att,
+                               **({"floor": floor_values} if paired else {})),
+            notes=notes,
+            evidence=(f"{steps} fine-tuning steps on other forget facts bring held-out forget accuracy from "
+                      f"{summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
+                      f"{summary['held_out_acc_pre']:.2f}; floor after the same fine-tuning "
+                      f"{summary['held_out_acc_floor_relearned']:.2f})"))
+        steps_axis = [s for s, _ in post_curve]
+        result.add_figure("Relearning curve", curves_figure(steps_axis, curves, float(np.mean(ceiling)),
+                                                            "fine-tuning step", "held-out accuracy"))
+        return result

@@ -1,0 +1,217 @@
+"""The `sae_restoration` analyser: move the pre model's SAE concept ("expert") features of the post model back toward
+their pre values and see whether the answers return (after "Suppression or Deletion: A Restoration-Based
+Representation-Level Analysis of Machine Unlearning")."""
+
+from __future__ import annotations
+
+from typing import ContextManager, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from palimpsest.capture import EncodedBatch, intervene, n_layers, run_and_capture
+from palimpsest.restoration.common import (
+    MIN_RELATIVE_SHIFT,
+    calibrated_result,
+    correct,
+    item_rows,
+    relative_shift,
+    restoration_rate,
+    split_items,
+    too_few,
+)
+from palimpsest.restoration.figures import curves_figure
+from palimpsest.restoration.steering import sweep_rows
+from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae
+from palimpsest.sae.analyser import frequency_matched
+from palimpsest.types import AuditConfig, Result, inconclusive, register
+
+DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 5.0, 10.0)
+MODES = ("inject", "add")
+
+
+def feature_change(sae, h: Float[Tensor, "batch pos d"], features: Sequence[int], alphas: Float[Tensor, " batch"], *,
+                   h_pre: Float[Tensor, "batch pos d"] | None = None,
+                   z_expert: Float[Tensor, " k"] | None = None) -> Float[Tensor, "batch pos d"]:
+    """The stream edit that restores the expert features, decoded through W_dec.
+
+    inject (h_pre given): z_r[e] = z_u[e] + alpha (z_o[e] - z_u[e]) -> change = alpha (z_o - z_u)[e] @ W_dec[e];
+    add (z_expert given): change = alpha z_expert @ W_dec[e]. Adding the change (rather than writing back the
+    decoded z_r) keeps the SAE's reconstruction error in the stream.
+    """
+    idx = torch.as_tensor(list(features), dtype=torch.long, device=h.device)
+    w_dec = sae.W_dec[idx].to(h.dtype)  # [k, d]
+    if h_pre is not None:
+        flat = h.reshape(-1, h.shape[-1])
+        z_u = sae.encode(flat.to(sae.W_dec.dtype))[:, idx]
+        z_o = sae.encode(h_pre.reshape(-1, h.shape[-1]).to(sae.W_dec.dtype))[:, idx]
+        delta = (z_o - z_u).to(h.dtype).reshape(*h.shape[:-1], len(idx))
+    else:
+        delta = z_expert.to(h.device, h.dtype).expand(*h.shape[:-1], len(idx))
+    return alphas.to(h.device, h.dtype)[:, None, None] * (delta @ w_dec)
+
+
+def restoring_context(target, sae, site: str, features: Sequence[int], mode: str, *, source=None,
+                      z_expert: Tensor | None = None):
+    """score_answers context for sweep_rows: per row alpha; inject mode reads `source` (the pre model) on the
+    same batch first."""
+    def context(batch: EncodedBatch, alphas: Tensor) -> ContextManager:
+        h_pre = None
+        if mode == "inject":
+            _, cached = run_and_capture(source.model, source.tokenizer, batch, [site], "torch")
+            h_pre = cached[site]
+
+        def edit(h: Tensor) -> Tensor:
+            return h + feature_change(sae, h, features, alphas, h_pre=h_pre, z_expert=z_expert)
+
+        return intervene(target.model, {site: edit})
+    return context
+
+
+def alpha_grid(loaded, items, alphas, sae, site, features, modes, pre, z_expert, rows) -> dict[str, np.ndarray]:
+    return {mode: sweep_rows(loaded, items, alphas, restoring_context(loaded, sae, site, features, mode, source=pre,
+                                                                     z_expert=z_expert), batch_size=rows)
+            for mode in modes}
+
+
+def select(grids: dict[str, np.ndarray], train: list[int]) -> tuple[str, int]:
+    """The (mode, alpha index) with the best accuracy on the fitting items (first on ties)."""
+    return max(((m, a) for m, g in grids.items() for a in range(g.shape[0])),
+               key=lambda ma: grids[ma[0]][ma[1], train].mean())
+
+
+@register
+class SAERestoration:
+    name = "sae_restoration"
+    kind = "residue"
+    title = "SAE-feature restoration"
+    description = (
+        "A sparse autoencoder trained on the pre model at one site (the middle residual stream by default; the same "
+        "SAE as sae_features) gives the concept's expert features. At inference on the post model they are moved "
+        "toward their pre-model values: inject mode z_r[e] = z_u[e] + alpha (z_o[e] - z_u[e]) (z_o from the pre "
+        "model on the same input), add mode h += W_dec (alpha z_expert) with z_expert the features' mean activation "
+        "on the pre model's forget prompts (needs no pre model at inference). alpha is swept; the mode and alpha are "
+        "chosen on one half of the forget facts and the other half is scored, with retain accuracy at every alpha. "
+        "Residue = held-out accuracy of the restored post model, between the floor (the same restoration of the floor "
+        "model, or random SAE features of matched firing frequency) and the pre model. High: suppression."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+        opts = dict(config.options.get(self.name, {}))
+        opt = lambda key, default: opts.get(key, default)  # noqa: E731
+        # alpha 0 (no edit) is always a candidate, for the post and the floor model alike: an attack that only
+        # breaks a model must not lower its floor below what the model answers unattacked
+        alphas = (0.0, *(float(a) for a in opt("alphas", DEFAULT_ALPHAS) if float(a) != 0.0))
+        modes = tuple(opt("modes", MODES))
+        rows = int(opt("batch_rows", 128))
+        n_draws = int(opt("n_random_draws", 2))
+        min_ev = float(opt("min_explained_variance", 0.6))
+        pre, post, floor = pair.pre, pair.post, pair.floor
+        site = opt("site", f"blocks.{n_layers(pre.model) // 2}.hook_resid_post")
+        items = list(concept.forget)
+        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        if (few := too_few(self.name, len(train), len(held), config)) is not None:
+            return few
+        if not concept.retain and not concept.neighbours:
+            return inconclusive(self.name, "the concept has no retain or neighbour items: its SAE features cannot be "
+                                           "told apart from features that fire on everything")
+        sae_cfg = SAEConfig.from_options(opts)
+        corpus = concept_corpus(concept, opt("corpus", ()))
+        sae, quality = get_or_train_sae(pre, site, corpus, sae_cfg, opt("cache_dir", None))
+        summary: dict = {"site": site, "alphas": list(alphas), "modes": list(modes),
+                         "sae_explained_variance": quality.get("explained_variance")}
+        if quality["explained_variance"] < min_ev:
+            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
+                                           f"at {site} (< min_explained_variance={min_ev})", summary=summary)
+        feats = concept_features(sae, pre, site, concept, sae_cfg)
+        summary["expert_features"] = list(feats.indices)
+        if not len(feats):
+            return inconclusive(self.name, "the SAE has no concept (expert) features for the forget prompts",
+                                summary=summary)
+        z_expert = torch.tensor(feats.mean_forget, dtype=torch.float32)
+        h_pre = acts.get("pre", site, "forget", "last")
+        shift = relative_shift((acts.get("post", site, "forget", "last") - h_pre).mean(0), h_pre)
+        summary["relative_shift_at_site"] = shift
+
+        bs = config.batch_size
+        ceiling = correct(pre, items, batch_size=bs)
+        post_plain = correct(post, items, batch_size=bs)
+        grids = alpha_grid(post, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
+        mode, a_idx = select(grids, train)
+        post_att = grids[mode][a_idx]
+
+        # control: random SAE features of matched firing frequency (on the pre model's forget prompts), same sweep
+        with torch.no_grad():
+            codes = sae.encode(h_pre.to(sae.W_dec.device, sae.W_dec.dtype))
+        freq = (codes > 0).float().mean(0).cpu()
+        random_hits = []
+        for draw in frequency_matched(freq, list(feats.indices), n_draws, config.seed):
+            z_rand = codes[:, draw].mean(0).cpu().clamp(min=0)  # their own mean activation
+            r_grids = alpha_grid(post, items, alphas, sae, site, draw, modes, pre, z_rand, rows)
+            r_mode, r_idx = select(r_grids, train)
+            random_hits.append(r_grids[r_mode][r_idx])
+        random_att = np.mean(random_hits, axis=0)
+
+        if floor is not None:
+            f_grids = alpha_grid(floor, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
+            f_mode, f_idx = select(f_grids, train)
+            floor_values = f_grids[f_mode][f_idx][held]
+            floor_source = "the same restoration of the floor model"
+            floor_base = correct(floor, [items[i] for i in held], batch_size=bs)
+        else:
+            floor_values = random_att[held]
+            floor_base = post_plain[held]
+            floor_source = f"random SAE features of matched firing frequency ({n_draws} draws)"
+
+        retain = list(concept.retain)
+        retain_curve = {}
+        if retain:
+            for m in modes:
+                hits = sweep_rows(post, retain, alphas, restoring_context(post, sae, site, feats.indices, m,
+                                                                           source=pre, z_expert=z_expert), batch_size=rows)
+                retain_curve[m] = hits.mean(-1)
+        table = []
+        for a_i, alpha in enumerate(alphas):
+            row = {"alpha": alpha}
+            for m in modes:
+                row[f"held_out_acc_{m}"] = float(grids[m][a_i, held].mean())
+                row[f"restoration_rate_{m}"] = restoration_rate(ceiling[held], post_plain[held], grids[m][a_i, held])
+                if m in retain_curve:
+                    row[f"retain_acc_{m}"] = float(retain_curve[m][a_i])
+            table.append(row)
+        summary.update({
+            "n_train": len(train), "n_held_out": len(held), "mode": mode, "alpha": alphas[a_idx],
+            "n_expert_features": len(feats),
+            "held_out_acc_pre": float(ceiling[held].mean()), "held_out_acc_post": float(post_plain[held].mean()),
+            "held_out_acc_restored": float(post_att[held].mean()),
+            "held_out_acc_random_control": float(random_att[held].mean()),
+            "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
+            "retain_acc_at_alpha": float(retain_curve[mode][a_idx]) if mode in retain_curve else None,
+        })
+        notes = [f"{len(feats)} expert features at {site}; mode and alpha chosen on {len(train)} fitting items, "
+                 f"scored on {len(held)} held-out items (split by fact); {n_draws} frequency-matched random draws"]
+        result = calibrated_result(
+            self.name, post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
+            floor_base=floor_base,
+            floor_source=floor_source, config=config, summary=summary,
+            per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
+                               restored=post_att[held], random=random_att[held], floor=floor_values),
+            tables={"alpha_sweep": table}, notes=notes,
+            evidence=(f"restoring {len(feats)} SAE expert features ({mode}, alpha {alphas[a_idx]:g}) brings held-out "
+                      f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
+                      f"{summary['held_out_acc_restored']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random features "
+                      f"{summary['held_out_acc_random_control']:.2f})"))
+        if shift < MIN_RELATIVE_SHIFT:
+            result = inconclusive(
+                self.name, f"the post model's stream at {site} equals the pre model's (|shift|/|h| = {shift:.1e}): the "
+                           "change is downstream of the SAE site, so restoring features there tests nothing",
+                floor=result.floor, ceiling=result.ceiling, post=result.post, floor_source=floor_source,
+                summary=summary, per_item=result.per_item, tables=result.tables)
+            result.notes.extend(notes)
+        curves = {f"post, {m}": grids[m][:, held].mean(-1) for m in modes}
+        curves.update({f"post retain, {m}": v for m, v in retain_curve.items()})
+        result.add_figure("Restoration vs alpha", curves_figure(list(alphas), curves, float(ceiling[held].mean()),
+                                                                "alpha", "accuracy"))
+        return result

@@ -1,0 +1,189 @@
+"""The `shift_vectors` analyser: the mean post-pre activation shift per layer, and steering with it both ways
+(after "Analyzing Fine-tuning Representation Shift", xl-vlms)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from palimpsest.capture import resid_post_sites
+from palimpsest.restoration.common import (
+    MIN_RELATIVE_SHIFT,
+    calibrated_result,
+    correct,
+    item_rows,
+    random_like,
+    relative_shift,
+    restoration_rate,
+    split_items,
+    too_few,
+)
+from palimpsest.restoration.figures import curves_figure, per_layer_figure
+from palimpsest.restoration.steering import sweep
+from palimpsest.types import AuditConfig, inconclusive, register
+
+DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def mean_shift(after: Float[Tensor, "n d"], before: Float[Tensor, "n d"],
+               idx: Sequence[int] | None = None) -> Float[Tensor, " d"]:
+    """mean over items of (after - before); over the items `idx` when given."""
+    diff = after.float() - before.float()
+    if idx is not None:
+        diff = diff[torch.as_tensor(list(idx), dtype=torch.long)]
+    return diff.mean(0)
+
+
+def shift_table(acts, model: str, sites: list[str], item_sets: Sequence[str]) -> list[dict]:
+    """Per layer: |shift| / |h_pre| for each item set, and the cosine of each set's shift with the forget shift."""
+    rows = []
+    for layer, site in enumerate(sites):
+        row: dict = {"layer": layer, "site": site}
+        shifts = {}
+        for item_set in item_sets:
+            pre = acts.get("pre", site, item_set, "last")
+            if pre.shape[0] == 0:
+                continue
+            shifts[item_set] = mean_shift(acts.get(model, site, item_set, "last"), pre)
+            row[f"relative_shift_{item_set}"] = relative_shift(shifts[item_set], pre)
+        for item_set, shift in shifts.items():
+            if item_set != "forget" and "forget" in shifts:
+                cos = torch.nn.functional.cosine_similarity(shifts["forget"], shift, dim=0)
+                row[f"cosine_forget_{item_set}"] = float(cos)
+        rows.append(row)
+    return rows
+
+
+def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], strengths: Sequence[float],
+                     train: list[int], batch_size: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Sweep every (layer, strength) on all items; pick the best setting on `train`.
+
+    Returns (layer, strength index, the chosen setting's per-item correctness, the [layers, strengths, items] grid).
+    """
+    grid = np.stack([sweep(loaded, items, site, vec, strengths, batch_size=batch_size)
+                     for site, vec in zip(sites, vectors, strict=True)])
+    train_acc = grid[:, :, train].mean(-1)
+    layer, s_index = np.unravel_index(int(np.argmax(train_acc)), train_acc.shape)
+    return int(layer), int(s_index), grid[layer, s_index], grid
+
+
+@register
+class ShiftVectors:
+    name = "shift_vectors"
+    kind = "residue"
+    title = "Shift vectors (representation shift steering)"
+    description = (
+        "Per layer, the shift vector is the mean over forget prompts of (post activation - pre activation) at the "
+        "last prompt token; the same for neighbours and retain items shows how concentrated the unlearning is. "
+        "Shift vectors are estimated on one half of the forget facts; steering the post model by -s x shift (at "
+        "the answer-predicting position, s swept over several strengths, the best layer and strength chosen on the "
+        "fitting half) tests whether the answers come back on the held-out half, and adding the shift to the pre "
+        "model tests whether one vector reproduces the unlearning. Residue = held-out accuracy of the steered post "
+        "model, between the floor (the same attack on the floor model, or a random direction of equal norm) and "
+        "the pre model's accuracy on the same items. A change made after the last block (in the output layer) "
+        "leaves no shift in the residual stream: then this test is inconclusive."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig):
+        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
+        # strength 0 (no edit) is always a candidate, so an attack that only breaks the floor model cannot push the
+        # floor below what that model answers unattacked
+        strengths = (0.0, *(float(s) for s in opt("strengths", DEFAULT_STRENGTHS) if float(s) != 0.0))
+        n_random = int(opt("n_random", 2))
+        rows_per_batch = int(opt("batch_rows", 128))
+        items = list(concept.forget)
+        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        if (few := too_few(self.name, len(train), len(held), config)) is not None:
+            return few
+        pre, post, floor = pair.pre, pair.post, pair.floor
+        sites = resid_post_sites(pre.model)
+        sets = [s for s in ("forget", "neighbours", "retain") if concept.items(s)]
+        table = shift_table(acts, "post", sites, sets)
+        pre_acts = [acts.get("pre", site, "forget", "last") for site in sites]
+        shifts = [mean_shift(acts.get("post", site, "forget", "last"), h_pre, train)
+                  for site, h_pre in zip(sites, pre_acts, strict=True)]
+        rel = [relative_shift(s, h) for s, h in zip(shifts, pre_acts, strict=True)]
+        for row, value in zip(table, rel, strict=True):
+            row["relative_shift_forget_train"] = value
+        if max(rel) < MIN_RELATIVE_SHIFT:
+            return inconclusive(self.name, f"the post model's residual stream does not differ from the pre model's at "
+                                           f"any layer on the forget prompts (largest |shift|/|h| = {max(rel):.1e}): the "
+                                           "change is after the last block (e.g. in the output layer), which residual "
+                                           "steering cannot test", tables={"per_layer": table},
+                                summary={"relative_shift_max": max(rel)})
+
+        ceiling = correct(pre, items, batch_size=config.batch_size)
+        post_plain = correct(post, items, batch_size=config.batch_size)
+        neg = [-s for s in shifts]
+        layer, s_idx, post_att, post_grid = steer_and_select(post, items, sites, neg, strengths, train, rows_per_batch)
+        gen = torch.Generator().manual_seed(config.seed)
+        random_grids = []
+        for _ in range(n_random):
+            rand = [random_like(s, gen) for s in neg]
+            random_grids.append(steer_and_select(post, items, sites, rand, strengths, train, rows_per_batch)[3])
+        random_grid = np.mean(random_grids, axis=0)  # [layers, strengths, items], per-item hit share
+        r_layer, r_s = np.unravel_index(int(np.argmax(random_grid[:, :, train].mean(-1))), random_grid.shape[:2])
+        random_att = random_grid[r_layer, r_s]
+
+        # the other way: add the shift to the pre model at the chosen setting; does one vector reproduce the unlearning?
+        reproduced = sweep(pre, items, sites[layer], shifts[layer], [strengths[s_idx] or 1.0],
+                           batch_size=rows_per_batch)[0]
+        pre_right = ceiling[held]
+        reproduction = float((~reproduced[held][pre_right]).mean()) if pre_right.any() else None
+
+        floor_grid = None
+        if floor is not None:
+            floor_shifts = [-mean_shift(acts.get("floor", site, "forget", "last"), h_pre, train)
+                            for site, h_pre in zip(sites, pre_acts, strict=True)]
+            f_layer, f_s, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
+                                                                   rows_per_batch)
+            floor_values, floor_source = floor_att[held], "the same steering of the floor model (its own shift vector)"
+            floor_base = correct(floor, [items[i] for i in held], batch_size=config.batch_size)
+        else:
+            floor_values, floor_source = random_att[held], "a random direction of equal norm (best layer and strength)"
+            floor_base = post_plain[held]
+
+        for l_index, row in enumerate(table):
+            row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
+            row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
+        summary = {
+            "n_train": len(train), "n_held_out": len(held), "layer": layer, "site": sites[layer],
+            "strength": strengths[s_idx], "strengths": list(strengths),
+            "held_out_acc_pre": float(ceiling[held].mean()), "held_out_acc_post": float(post_plain[held].mean()),
+            "held_out_acc_steered": float(post_att[held].mean()),
+            "held_out_acc_random_control": float(random_att[held].mean()),
+            "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
+            "restoration_rate_random": restoration_rate(ceiling[held], post_plain[held], random_att[held] >= 0.5),
+            "reproduction_rate": reproduction,
+            "relative_shift_max": max(rel),
+            "cosine_forget_retain": table[layer].get("cosine_forget_retain"),
+        }
+        if floor_grid is not None:
+            summary["held_out_acc_floor_steered"] = float(floor_values.mean())
+        per_item = item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
+                             steered=post_att[held], random=random_att[held], floor=floor_values)
+        curves = {"post - s x shift": post_grid[layer][:, held].mean(-1),
+                  "post - random (same norm)": random_grid[layer][:, held].mean(-1)}
+        if floor_grid is not None:
+            curves["floor - s x its shift"] = floor_grid[layer][:, held].mean(-1)
+        result = calibrated_result(
+            self.name, post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
+            floor_base=floor_base,
+            floor_source=floor_source, config=config, summary=summary, per_item=per_item,
+            tables={"per_layer": table},
+            notes=[f"shift vectors from {len(train)} forget items, evaluated on {len(held)} held-out items (split by "
+                   f"fact); best of {len(sites)} layers x {len(strengths)} strengths chosen on the fitting half; "
+                   f"{n_random} random-direction draws"],
+            evidence=(f"subtracting the layer-{layer} shift vector (x{strengths[s_idx]:g}) brings held-out forget "
+                      f"accuracy from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_steered']:.2f} "
+                      f"(pre {summary['held_out_acc_pre']:.2f}, random direction "
+                      f"{summary['held_out_acc_random_control']:.2f})"))
+        result.add_figure("Shift size per layer", per_layer_figure(table, [f"relative_shift_{s}" for s in sets],
+                                                                   "|mean shift| / |h|"))
+        result.add_figure(f"Steering at layer {layer}", curves_figure(list(strengths), curves, ceiling[held].mean(),
+                                                                      "strength s", "held-out forget accuracy"))
+        return result

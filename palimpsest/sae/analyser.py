@@ -1,0 +1,147 @@
+"""The `sae_features` analyser: do the pre model's SAUCE concept features still fire on the forget prompts?"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from palimpsest.capture import n_layers
+from palimpsest.sae.config import SAEConfig
+from palimpsest.sae.data import concept_corpus
+from palimpsest.sae.features import concept_features, concept_score, encode_prompts
+from palimpsest.sae.train import get_or_train_sae
+from palimpsest.stats import calibrate
+from palimpsest.types import AuditConfig, Result, inconclusive, register
+
+
+def default_site(model) -> str:
+    """The middle of the network: blocks.{n_layers // 2}.hook_resid_post."""
+    return f"blocks.{n_layers(model) // 2}.hook_resid_post"
+
+
+def frequency_matched(freq: torch.Tensor, features: list[int], n_draws: int, seed: int, pool: int = 5
+                      ) -> list[list[int]]:
+    """`n_draws` sets of random non-concept features, each feature drawn among the `pool` whose firing
+    frequency is closest to a concept feature's."""
+    rng = np.random.default_rng(seed)
+    others = np.array([i for i in range(len(freq)) if i not in set(features)])
+    draws = []
+    for _ in range(n_draws):
+        chosen = []
+        for f in features:
+            gap = np.abs(freq[others].numpy() - float(freq[f]))
+            nearest = others[np.argsort(gap, kind="stable")[:pool]]
+            chosen.append(int(rng.choice(nearest)))
+        draws.append(chosen)
+    return draws
+
+
+@register
+class SAEConceptFeatures:
+    name = "sae_features"
+    kind = "residue"
+    title = "SAE concept features (SAUCE residue)"
+    description = (
+        "A sparse autoencoder (sae-lens, TopK by default) is trained on the pre model's activations at one site "
+        "(the middle residual stream by default) over a corpus of the concept's texts. Its concept features are those "
+        "that fire selectively on the forget prompts versus neighbour and retain prompts (selectivity = z-score, "
+        "threshold min_selectivity). The same SAE then encodes each model's activations: per forget prompt, how much "
+        "more the concept features fire than on the model's own retain/neighbour prompts. Ceiling = pre; floor = the "
+        "floor model (never learned the concept) when there is one, else random SAE features of equal firing "
+        "frequency on the pre model. Residue near 1: the concept is still represented at this site (suppression). "
+        "The stream is read as it arrives at the site, before any hook there: a SAUCE-clamped post model (a hook that "
+        "edits the site's output) therefore shows high residue, as it should: its knowledge is intact in the weights."
+    )
+
+    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+        opts = dict(config.options.get(self.name, {}))
+        opt = lambda key, default: opts.get(key, default)  # noqa: E731
+        sae_cfg = SAEConfig.from_options(opts)
+        sauce = pair.post.meta.get("sauce") if isinstance(pair.post.meta, dict) else None
+        site = opt("site", sauce["site"] if sauce else default_site(pair.pre.model))
+        min_ev = float(opt("min_explained_variance", 0.6))
+        min_gap = float(opt("min_gap", 0.05))
+        n_draws = int(opt("n_random_draws", 20))
+        if len(concept.forget) < config.min_items:
+            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
+        if not concept.retain and not concept.neighbours:
+            return inconclusive(self.name, "the concept has no retain or neighbour items: concept features cannot be "
+                                           "told apart from features that fire on everything")
+        corpus = concept_corpus(concept, opt("corpus", ()))
+        sae, quality = get_or_train_sae(pair.pre, site, corpus, sae_cfg, opt("cache_dir", None))
+        common_summary = {"site": site, "sae_architecture": sae_cfg.architecture, "d_sae": int(sae.W_dec.shape[0]),
+                          "sae_quality": quality, "n_corpus_texts": len(corpus)}
+        if quality["explained_variance"] < min_ev:
+            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the "
+                                           f"variance at {site} (< min_explained_variance={min_ev}); its features "
+                                           "are not a faithful reading", summary=common_summary)
+        feats = concept_features(sae, pair.pre, site, concept, sae_cfg)
+        common_summary.update({"n_concept_features": len(feats), "concept_features": feats.indices,
+                               "min_selectivity": sae_cfg.min_selectivity})
+        if not len(feats):
+            return inconclusive(self.name, f"no SAE feature fires selectively on the forget prompts (selectivity >= "
+                                           f"min_selectivity={sae_cfg.min_selectivity}); the SAE has no concept "
+                                           "features to track", summary=common_summary)
+        baseline_sets = [s for s in ("retain", "neighbours") if concept.items(s)]
+        forget_prompts = [it.prompt for it in concept.forget]
+        baseline_prompts = [it.prompt for s in baseline_sets for it in concept.items(s)]
+        models = {"pre": pair.pre, "post": pair.post, **({"floor": pair.floor} if pair.floor is not None else {})}
+        encoded = {m: (encode_prompts(sae, lm, site, forget_prompts)[0], encode_prompts(sae, lm, site,
+                                                                                         baseline_prompts)[0])
+                   for m, lm in models.items()}
+        scores = {m: concept_score(f, b, feats.indices) for m, (f, b) in encoded.items()}
+        if pair.floor is not None:
+            floor_scores, floor_source = scores["floor"], "floor model (never learned the concept)"
+        else:
+            both = torch.cat(encoded["pre"])
+            freq = (both > 0).float().mean(0)
+            draws = frequency_matched(freq, feats.indices, n_draws, config.seed)
+            floor_scores = np.mean([concept_score(*encoded["pre"], d) for d in draws], axis=0)
+            floor_source = f"random SAE features of equal firing frequency ({n_draws} draws) on the pre model"
+        cal = calibrate(scores["post"], floor_scores, scores["pre"], paired=True, n_bootstrap=config.n_bootstrap,
+                        ci_level=config.ci_level, seed=config.seed)
+        idx = feats.indices
+        mean_act = {m: encoded[m][0][:, idx].mean(0) for m in models}
+        survival = float(mean_act["post"].sum() / mean_act["pre"].sum().clamp(min=1e-9))
+        per_feature = [{"feature": i, **{f"mean_forget_{m}": float(mean_act[m][j]) for m in models},
+                        "selectivity": feats.selectivity[j],
+                        "top_tokens": ", ".join(t["token"] for t in feats.top_tokens[j])} for j, i in enumerate(idx)]
+        per_item = [{"prompt": it.prompt, "answer": it.answer, "subject": it.subject,
+                     **{f"score_{m}": float(scores[m][k]) for m in models}, "score_floor_used": float(floor_scores[k])}
+                    for k, it in enumerate(concept.forget)]
+        summary = {**common_summary, "activation_survival": survival,
+                   **{f"score_{m}": float(np.mean(scores[m])) for m in models},
+                   "baseline_sets": baseline_sets}
+        notes = [f"concept features read at {site}, on every prompt token (max over tokens per prompt)",
+                 f"activation_survival = the concept features' summed mean activation on forget prompts, post / pre "
+                 f"= {survival:.2f}"]
+        if sauce:
+            notes.append("the post model is SAUCE-clamped at this site: this analysis reads the stream the SAE sees "
+                         "(the input of the clamping hook), which the clamp never changes; the clamp acts only on "
+                         "what flows on from the site, so the knowledge is suppressed by construction (probes at "
+                         "other sites and restoration show it)")
+        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
+                      summary=summary, per_item=per_item, tables={"concept_features": per_feature,
+                                                                   "feature_selection": feats.table()})
+        if cal.residue is None or cal.ceiling - cal.floor < min_gap:
+            result = inconclusive(self.name, f"the concept features fire no more on the pre model than the floor "
+                                             f"(gap {cal.ceiling - cal.floor:.3f} < min_gap={min_gap})", **common)
+            result.notes.extend(notes)
+        else:
+            result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci, notes=notes,
+                            evidence=(f"{len(idx)} SAE concept features at {site} fire on the forget prompts at "
+                                      f"{cal.post:.2f} above baseline in the post model (pre {cal.ceiling:.2f}, "
+                                      f"floor {cal.floor:.2f})"), **common)
+        result.add_figure("Concept-feature activation on forget prompts", _feature_figure(per_feature, list(models)))
+        return result
+
+
+def _feature_figure(rows: list[dict], models: list[str]):
+    fig = go.Figure()
+    for m in models:
+        fig.add_bar(name=m, x=[f"f{r['feature']}" for r in rows], y=[r[f"mean_forget_{m}"] for r in rows],
+                    hovertext=[r["top_tokens"] for r in rows])
+    fig.update_layout(barmode="group", title="Mean activation of each concept feature on the forget prompts",
+                      xaxis_title="SAE feature", yaxis_title="mean activation (max over prompt tokens)")
+    return fig

@@ -1,0 +1,60 @@
+"""SAEConfig: every knob of SAE training, concept-feature selection and SAUCE clamping, as named values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# the sae-lens architectures that both train and run (batchtopk variants save as another architecture)
+ARCHITECTURES: tuple[str, ...] = ("topk", "standard", "gated", "jumprelu", "abstopk", "batchtopk",
+                                  "matryoshka_batchtopk", "matching_pursuit")
+# fields that change the trained SAE (the cache key); the rest only change how it is read
+TRAINING_FIELDS: tuple[str, ...] = ("architecture", "expansion", "d_sae", "k", "arch_kwargs", "total_tokens",
+                                    "batch_size", "lr", "lr_end", "lr_scheduler", "lr_warm_up_steps", "seed",
+                                    "shuffle_buffer", "normalize_activations")
+
+
+class SAEConfig(BaseModel):
+    """SAE training (sae-lens) and SAUCE concept-feature selection; every threshold is named and reported."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- training (sae-lens)
+    architecture: str = "topk"
+    expansion: int = 4  # d_sae = expansion * d_model, unless d_sae is set
+    d_sae: int | None = None
+    k: int = 8  # active features per token (topk / batchtopk / abstopk)
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra fields of the sae-lens training config
+    total_tokens: int = 20_000  # training samples (the corpus is cycled through in shuffled epochs)
+    batch_size: int = 256
+    lr: float = 3e-3
+    lr_end: float = 3e-4
+    lr_scheduler: str = "cosineannealing"
+    lr_warm_up_steps: int = 10
+    seed: int = 0
+    shuffle_buffer: int = 16_384  # rows held by sae-lens's mixing buffer when streaming from shards
+    normalize_activations: Literal["none", "expected_average_only_in"] = "none"
+    # -- concept features (SAUCE)
+    # selectivity: (mean on forget - mean on neighbours+retain) / (std on neighbours+retain + selectivity_eps)
+    selectivity_eps: float = 0.1
+    min_selectivity: float = 1.0  # a feature is a concept feature only above this selectivity
+    n_features: int = 16  # keep at most this many concept features
+    min_forget_firing: float = 0.1  # ... and only features firing on at least this share of forget prompts
+    n_top_tokens: int = 5
+    # -- SAUCE clamp: a concept feature that fires is set to clamp_value x its activation (0 = ablate)
+    clamp_value: float = -3.0
+
+    def resolved_d_sae(self, d_in: int) -> int:
+        return int(self.d_sae or self.expansion * d_in)
+
+    def training_key(self) -> str:
+        data = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "SAEConfig":
+        """The SAEConfig fields found in an analyser's options (other keys are ignored)."""
+        return cls(**{k: v for k, v in options.items() if k in cls.model_fields})

@@ -1,0 +1,103 @@
+"""Activations for SAEs: token activations of a corpus, fixed-size shuffled batch iterators (in memory or from
+safetensors shards), and the per-token stream an SAE at a site reads (before any hook already on that site)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from palimpsest.capture import ShardedActivations, capture, encode, resolve
+from palimpsest.capture.backends import forward_kwargs
+from palimpsest.capture.sites import get_module
+
+
+def corpus_activations(model, tokenizer, site: str, corpus: Sequence[str], *, batch_size: int = 32
+                       ) -> Float[Tensor, "n_tokens d"]:
+    """Every real token's activation at `site` over `corpus` (palimpsest's capture, position 'all')."""
+    if not corpus:
+        raise ValueError("the SAE corpus is empty: give at least a few texts to train on")
+    return capture(model, tokenizer, list(corpus), [site], position="all", batch_size=batch_size)[site]
+
+
+def tensor_batches(acts: Float[Tensor, "n d"], batch_size: int, *, seed: int = 0) -> Iterator[Float[Tensor, "b d"]]:
+    """Endless batches of exactly `batch_size` rows, a fresh shuffle every epoch (sae-lens needs fixed-size
+    batches and an iterator that never runs out)."""
+    if acts.shape[0] < batch_size:
+        raise ValueError(f"only {acts.shape[0]} activation rows for batches of {batch_size}: give a larger corpus "
+                         "or a smaller batch_size")
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(acts.shape[0], generator=gen)
+        for start in range(0, acts.shape[0] - batch_size + 1, batch_size):
+            yield acts[order[start:start + batch_size]]
+
+
+def shard_batches(store: ShardedActivations, site: str, batch_size: int, *, buffer_size: int = 16_384,
+                  seed: int = 0) -> Iterator[Float[Tensor, "b d"]]:
+    """Endless shuffled batches streamed from a `capture_to_disk` store: one shard at a time through sae-lens's
+    mixing buffer, so memory holds about `buffer_size` rows whatever the store's size."""
+    from sae_lens.training.mixing_buffer import mixing_buffer
+
+    if store.rows < batch_size:
+        raise ValueError(f"the activation store has {store.rows} rows, fewer than one batch of {batch_size}")
+    if store.rows <= buffer_size:  # it all fits in the buffer: shuffle it whole, every epoch
+        yield from tensor_batches(store.load(site), batch_size, seed=seed)
+        return
+    epoch = 0
+    while True:
+        torch.manual_seed(seed + epoch)  # mixing_buffer shuffles with the global generator
+        chunks = store.iter_batches(site, min(batch_size * 8, store.rows))
+        for batch in mixing_buffer(max(buffer_size, 2 * batch_size), batch_size, chunks):
+            if batch.shape[0] == batch_size:
+                yield batch
+        epoch += 1
+
+
+def _special_ids(tokenizer) -> set[int]:
+    return {i for i in (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None}
+
+
+def site_inputs(model, tokenizer, prompts: Sequence[str], site: str, *, batch_size: int = 32,
+                skip_special: bool = True) -> list[tuple[list[int], Float[Tensor, "pos d"]]]:
+    """Per prompt: (token ids, activations at `site`) for every real token.
+
+    Read with a hook *prepended* to the site's module, so it sees the stream as it arrives at the site, before any
+    hook already registered there (e.g. a SAUCE clamp): what an SAE placed at this site encodes.
+    """
+    target = resolve(model, site)
+    module = get_module(model, target.module_path)
+    special = _special_ids(tokenizer) if skip_special else set()
+    out: list[tuple[list[int], Tensor]] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = encode(tokenizer, list(prompts[start:start + batch_size]))
+        store: dict[str, Tensor] = {}
+        if target.io == "output":
+            def hook(_mod, _args, output, store=store):
+                store["h"] = (output[0] if isinstance(output, tuple) else output).detach()
+            handle = module.register_forward_hook(hook, prepend=True)
+        else:
+            def pre_hook(_mod, args, kwargs, store=store):
+                store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+        try:
+            with torch.inference_mode():
+                model(**forward_kwargs(batch.to(device)))
+        finally:
+            handle.remove()
+        acts = store["h"].float().cpu()
+        acts = acts.reshape(*acts.shape[:2], -1)
+        for row in range(acts.shape[0]):
+            keep = [p for p in range(acts.shape[1]) if batch.attention_mask[row, p]
+                    and int(batch.input_ids[row, p]) not in special]
+            out.append(([int(batch.input_ids[row, p]) for p in keep], acts[row, keep]))
+    return out
+
+
+def concept_corpus(concept, extra: Sequence[str] = ()) -> list[str]:
+    """Every prompt + answer of the concept's item sets, then `extra` texts (e.g. the organism's training text)."""
+    texts = [f"{it.prompt} {it.answer.strip()}" for _, _, it in concept.all_items()]
+    return list(dict.fromkeys([*texts, *extra]))

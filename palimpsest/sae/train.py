@@ -1,0 +1,174 @@
+"""Train SAEs with sae-lens on palimpsest activations; save/load in sae-lens's format, cached by
+(model hash, site, corpus hash, training config); resumable from sae-lens checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Iterator, Sequence
+from unittest import mock
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file
+from torch import Tensor
+
+from palimpsest.io import atomic_dir, atomic_write_text
+from palimpsest.sae.config import ARCHITECTURES, SAEConfig
+from palimpsest.sae.data import corpus_activations, tensor_batches
+
+_MEMO: dict[str, tuple[object, dict]] = {}  # cache key -> (SAE, quality): one load per process
+
+
+class SAEError(ValueError):
+    """SAE training or loading failed in a way the user can fix; the message says how."""
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """`cache_dir`, else $PALIMPSEST_CACHE, else the user cache folder; SAEs live under `<root>/sae/`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("PALIMPSEST_CACHE"):
+        return Path(os.environ["PALIMPSEST_CACHE"])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("palimpsest"))
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, dtypes, bytes): same weights, same hash."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def corpus_hash(corpus: Sequence[str]) -> str:
+    return hashlib.blake2b("\x00".join(corpus).encode(), digest_size=8).hexdigest()
+
+
+def cache_key(model: torch.nn.Module, site: str, corpus: Sequence[str], config: SAEConfig) -> str:
+    text = f"{model_hash(model)}|{site}|{corpus_hash(corpus)}|{config.training_key()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def build_training_sae(d_in: int, config: SAEConfig):
+    """A fresh sae-lens TrainingSAE of the configured architecture (TopK by default)."""
+    from sae_lens.registry import get_sae_training_class
+
+    if config.architecture not in ARCHITECTURES:
+        raise SAEError(f"unknown SAE architecture {config.architecture!r}: use one of {', '.join(ARCHITECTURES)}")
+    sae_cls, cfg_cls = get_sae_training_class(config.architecture)
+    fields = {"d_in": d_in, "d_sae": config.resolved_d_sae(d_in), "dtype": "float32", "device": "cpu",
+              "normalize_activations": config.normalize_activations, **config.arch_kwargs}
+    if "k" in cfg_cls.__dataclass_fields__:
+        fields["k"] = config.k
+    unknown = sorted(set(fields) - set(cfg_cls.__dataclass_fields__))
+    if unknown:
+        raise SAEError(f"{config.architecture} SAEs have no field(s) {unknown}; remove them from arch_kwargs")
+    torch.manual_seed(config.seed)
+    return sae_cls.from_dict(cfg_cls(**fields).to_dict())
+
+
+def _latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    if checkpoint_dir is None or not checkpoint_dir.is_dir():
+        return None
+    done = [p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.isdigit()
+            and (p / "trainer_state.pt").is_file() and (p / "sae_weights.safetensors").is_file()]
+    return max(done, key=lambda p: int(p.name)) if done else None
+
+
+def train_sae(batches: Iterator[Float[Tensor, "batch d"]], d_in: int, config: SAEConfig, *, device: str = "cpu",
+              checkpoint_dir: str | Path | None = None, n_checkpoints: int = 0, progress: bool = False):
+    """Fit a sae-lens SAE on `batches` (any endless iterator of [batch_size, d_in] rows) with `SAETrainer`.
+
+    With `checkpoint_dir`, sae-lens checkpoints are written `n_checkpoints` times and a later call resumes from the
+    newest one (the data iterator simply continues; batches are shuffled, so no position needs restoring).
+    Returns (TrainingSAE, trainer): the trainer holds the firing statistics.
+    """
+    from sae_lens import SAETrainer
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    sae = build_training_sae(d_in, config)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=config.total_tokens, train_batch_size_samples=config.batch_size, lr=config.lr,
+        lr_end=config.lr_end, lr_scheduler_name=config.lr_scheduler, lr_warm_up_steps=config.lr_warm_up_steps,
+        device=device, n_checkpoints=n_checkpoints if checkpoint_dir else 0,
+        checkpoint_path=str(checkpoint_dir) if checkpoint_dir else None,
+        logger=LoggingConfig(log_to_wandb=False), dead_feature_window=max(50, config.total_tokens // config.batch_size // 4),
+        feature_sampling_window=10**9,  # one sparsity window over the whole run: L0 and dead counts cover all of it
+        n_batches_for_norm_estimate=20)
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    latest = _latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        sae.load_state_dict(load_file(str(latest / "sae_weights.safetensors")))
+        trainer.load_trainer_state(latest)
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+    import sae_lens.training.sae_trainer as trainer_module
+
+    quiet = nullcontext() if progress else mock.patch.object(trainer_module, "tqdm",
+                                                              partial(trainer_module.tqdm, disable=True))
+    with quiet:
+        trainer.fit()
+    return trainer.sae, trainer
+
+
+def load_sae(path: str | Path, device: str = "cpu"):
+    """An inference SAE saved in sae-lens's format (cfg.json + sae_weights.safetensors)."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+        raise SAEError(f"{path}: not a saved SAE (needs cfg.json and sae_weights.safetensors); train one with "
+                       "`palimpsest sae train`")
+    return SAE.load_from_disk(str(path), device=device)
+
+
+def save_sae(training_sae, path: str | Path, meta: dict, quality_fn=None) -> tuple[object, dict]:
+    """Write the inference SAE (sae-lens format), quality.json and palimpsest.json, all or nothing.
+
+    `quality_fn(inference_sae) -> dict` measures the saved SAE exactly as it will be loaded.
+    """
+    with atomic_dir(path) as tmp:
+        training_sae.save_inference_model(str(tmp))
+        sae = load_sae(tmp)
+        quality = quality_fn(sae) if quality_fn else {}
+        atomic_write_text(Path(tmp) / "quality.json", json.dumps(quality, indent=1, default=float))
+        atomic_write_text(Path(tmp) / "palimpsest.json", json.dumps(meta, indent=1, default=str))
+    return sae, quality
+
+
+def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig | None = None,
+                     cache_dir: str | Path | None = None, *, progress: bool = False, batch_size: int = 32):
+    """The SAE of `model` (a LoadedModel) at `site` trained on `corpus`, and its quality dict.
+
+    Trained once with sae-lens and cached under `<cache>/sae/<key>/` in sae-lens's format, keyed by the model's
+    weight hash, the site, the corpus and the training fields of `config`; later calls load it.
+    """
+    from palimpsest.sae.quality import sae_quality
+
+    config = config or SAEConfig()
+    key = cache_key(model.model, site, corpus, config)
+    if key in _MEMO:
+        return _MEMO[key]
+    folder = cache_root(cache_dir) / "sae" / key
+    if not (folder / "quality.json").is_file():
+        acts = corpus_activations(model.model, model.tokenizer, site, corpus, batch_size=batch_size)
+        device = str(model.device)
+        training_sae, trainer = train_sae(tensor_batches(acts.to(device), config.batch_size, seed=config.seed),
+                                          acts.shape[-1], config, device=device, progress=progress)
+        meta = {"site": site, "model": model.source, "model_hash": model_hash(model.model),
+                "corpus_hash": corpus_hash(corpus), "n_texts": len(corpus), "n_tokens": int(acts.shape[0]),
+                "config": config.model_dump(mode="json")}
+        save_sae(training_sae, folder, meta, lambda sae: sae_quality(sae, acts, model, site, corpus, trainer=trainer))
+    sae = load_sae(folder, device=str(model.device))
+    quality = json.loads((folder / "quality.json").read_text())
+    _MEMO[key] = (sae, quality)
+    return sae, quality

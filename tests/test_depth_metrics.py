@@ -1,0 +1,212 @@
+"""depth, memorization, mia, pca_shift: unit tests on a tiny random model, ground truth on the organism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from palimpsest.audit.depth import UnlearningDepth, depth_score
+from palimpsest.audit.memorization import Memorization, exact_memorization, extraction_strength
+from palimpsest.audit.mia import MembershipInference, pairwise_wins
+from palimpsest.audit.pca_shift import PCAShift, weight_changes
+from palimpsest.types import AuditConfig, Result
+CONFIG = AuditConfig(n_bootstrap=200)
+ANALYSERS = (UnlearningDepth(), Memorization(), MembershipInference(), PCAShift())
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def test_extraction_strength_counts_the_predicted_suffix():
+    assert extraction_strength(np.array([True, True, True])) == 1.0
+    assert extraction_strength(np.array([False])) == 0.0
+    assert extraction_strength(np.array([False, True, True, True])) == pytest.approx(0.75)
+    # a miss late in the answer breaks the suffix even when earlier tokens were right
+    assert extraction_strength(np.array([True, True, False, True])) == pytest.approx(0.25)
+    assert exact_memorization(np.array([True, True, False, True])) == pytest.approx(0.75)
+
+
+def test_depth_score_follows_the_uds_formula():
+    d1 = np.array([0.01, 1.0, 2.0, 3.0])  # layer 0 is below min_delta and does not count
+    assert depth_score(d1, d1, 0.05) == pytest.approx(1.0)
+    assert depth_score(d1, np.zeros(4), 0.05) == pytest.approx(0.0)
+    assert depth_score(d1, np.array([5.0, 0.5, 4.0, -1.0]), 0.05) == pytest.approx((0.5 + 2.0 + 0.0) / 6.0)
+    assert depth_score(np.full(4, 0.01), np.ones(4), 0.05) is None
+
+
+def test_pairwise_wins_is_the_sklearn_auc():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(1, 1, 30).round(1), rng.normal(0, 1, 20).round(1)  # rounding makes ties
+    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(20)], np.r_[members, nonmembers])
+    assert pairwise_wins(members, nonmembers).mean() == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------ tiny random model: the contract
+
+
+def _teach(loaded, items, steps: int = 60) -> None:
+    """Fine-tune a tiny random model on the items' full text until it knows them (a toy 'pre' model)."""
+    from palimpsest.capture import encode
+
+    batch = encode(loaded.tokenizer, [it.prompt for it in items], [it.answer for it in items])
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(loaded.model.parameters(), lr=1e-2)
+    loaded.model.train()
+    for _ in range(steps):
+        loss = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loaded.model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_dir, tiny_dir_other):
+    from palimpsest.capture import score_answers
+    from palimpsest.concepts import ConceptSpec, Item
+    from palimpsest.models import ModelPair, load_model
+
+    def item(prompt, answer, wrong=(), subject=None):
+        return Item(prompt=prompt, answer=answer, subject=subject, perturbed_answers=wrong)
+
+    forget = [item("alice lives in", "paris", ("rome",), "alice"), item("bob lives in", "oslo", ("rome",), "bob"),
+              item("alice works as a", "pilot", ("baker",), "alice"), item("bob works as a", "baker", ("pilot",), "bob"),
+              item("the city of alice is", "paris", ("oslo", "rome"), "alice"),
+              item("q : where does bob live ? answer :", "oslo", ("paris",), "bob")]
+    retain = [item("carol lives in", "rome", ("paris",), "carol"), item("carol works as a", "baker", ("pilot",), "carol")]
+    holdout = [item("the city of carol is", "oslo"), item("q : where does alice live ? answer :", "rome"),
+               item("the city of bob is", "rome"), item("q : where does carol live ? answer :", "paris")]
+    concept = ConceptSpec(name="tiny", forget=forget, retain=retain, holdout=holdout)
+    pre = load_model(tiny_dir, name="pre")
+    _teach(pre, forget + retain)
+    assert score_answers(pre.model, pre.tokenizer, forget).accuracy == 1.0
+    post = load_model(tiny_dir_other, name="post")
+    floor = load_model(tiny_dir_other, name="floor")
+    return concept, ModelPair(pre, post, floor), ModelPair(pre, post)
+
+
+@pytest.mark.parametrize("analyser", ANALYSERS, ids=lambda a: a.name)
+def test_analysers_return_serialisable_results_and_leave_models_untouched(analyser, tiny_setup):
+    from palimpsest.capture import Activations, encode
+
+    concept, pair, pair_no_floor = tiny_setup
+    batch = encode(pair.pre.tokenizer, ["alice lives in"])
+    before = pair.pre.model(input_ids=batch.input_ids).logits.detach().clone()
+    for p in (pair, pair_no_floor):
+        result = analyser.run(p, concept, Activations.for_pair(p, concept), CONFIG)
+        assert result.name == analyser.name
+        assert result.status in ("ok", "inconclusive", "skipped")
+        assert result.residue is None or 0.0 <= result.residue <= 1.0
+        assert Result.model_validate_json(result.model_dump_json()) == result
+        assert result.figures, "every analyser draws at least one figure"
+        result.metrics()
+    after = pair.pre.model(input_ids=batch.input_ids).logits.detach()
+    assert torch.equal(before, after), "hooks must be removed"
+
+
+def test_depth_without_a_floor_says_it_needs_one(tiny_setup):
+    concept, _, pair_no_floor = tiny_setup
+    result = UnlearningDepth().run(pair_no_floor, concept, None, CONFIG)
+    assert result.status == "inconclusive" and result.residue is None
+    assert "floor" in result.evidence
+    assert len(result.tables["per_layer"]) == pair_no_floor.pre.n_layers
+
+
+def test_depth_of_a_model_against_itself_is_one_and_of_pre_is_zero(tiny_setup):
+    from palimpsest.models import ModelPair
+
+    concept, pair, _ = tiny_setup
+    config = CONFIG
+    same = UnlearningDepth().run(ModelPair(pair.pre, pair.floor, pair.floor), concept, None, config)
+    unchanged = UnlearningDepth().run(ModelPair(pair.pre, pair.pre, pair.floor), concept, None, config)
+    assert same.status == "ok" and same.summary["depth"] == pytest.approx(1.0)
+    assert unchanged.status == "ok" and unchanged.summary["depth"] == pytest.approx(0.0, abs=1e-6)
+    assert unchanged.residue == pytest.approx(1.0)
+
+
+def test_weight_change_sees_exactly_the_edited_tensor(tiny_dir):
+    from palimpsest.models import load_model
+
+    pre, post = load_model(tiny_dir), load_model(tiny_dir)
+    with torch.no_grad():
+        post.model.lm_head.weight.mul_(1.1)
+    rows = {r["tensor"]: r["rel_change"] for r in weight_changes(pre.model, post.model)}
+    assert rows["lm_head.weight"] == pytest.approx(0.1, rel=1e-4)
+    assert all(v == 0.0 for k, v in rows.items() if k != "lm_head.weight")
+
+
+# ------------------------------------------------------------------ the organism: ground truth
+
+
+def _run(analyser, pair, concept):
+    from palimpsest.capture import Activations
+
+    return analyser.run(pair, concept, Activations.for_pair(pair, concept), CONFIG)
+
+
+def test_depth_is_one_for_the_oracle_against_itself(organism_pair_oracle, organism_concept):
+    from palimpsest.models import ModelPair
+
+    floor = organism_pair_oracle.floor
+    pair = ModelPair(organism_pair_oracle.pre, floor, floor)
+    result = _run(UnlearningDepth(), pair, organism_concept)
+    assert result.status == "ok"
+    assert result.summary["depth"] > 0.95 and result.residue < 0.05
+
+
+def test_depth_is_zero_for_suppress(organism_pair_suppress, organism_concept):
+    result = _run(UnlearningDepth(), organism_pair_suppress, organism_concept)
+    assert result.status == "ok"
+    # only the head changed: patching post's residual stream into pre changes nothing at any layer
+    assert max(abs(x) for x in result.summary["delta_s2"]) < 1e-3
+    assert min(result.summary["delta_s1"]) > 0.5, "the floor model's states must remove the answer"
+    assert result.summary["depth"] < 0.05 and result.ci[0] > 0.9
+
+
+def test_depth_calls_the_independent_oracle_deep(organism_pair_oracle, organism_concept):
+    result = _run(UnlearningDepth(), organism_pair_oracle, organism_concept)
+    assert result.status == "ok"
+    assert result.residue < CONFIG.deleted_max_residue + 0.1
+
+
+def test_mia_separates_members_on_pre_and_not_on_the_oracle(organism_pair_oracle, organism_pair_suppress,
+                                                            organism_concept):
+    oracle = _run(MembershipInference(), organism_pair_oracle, organism_concept)
+    assert oracle.summary["auc_pre"]["loss"] > 0.8
+    assert abs(oracle.summary["auc_post"]["loss"] - 0.5) < 0.2
+    assert oracle.status == "ok" and oracle.residue < 0.25
+    suppressed = _run(MembershipInference(), organism_pair_suppress, organism_concept)
+    # the head edit hides the answers, but the rest of each forget sentence is still memorised
+    assert suppressed.status == "ok" and suppressed.residue > 0.5
+
+
+def test_extraction_strength_on_known_and_unknown_items(organism_pair_oracle, organism_concept):
+    from palimpsest.capture import score_answers
+
+    pre = organism_pair_oracle.pre
+    known = score_answers(pre.model, pre.tokenizer, organism_concept.forget)
+    unknown = score_answers(pre.model, pre.tokenizer, organism_concept.holdout)
+    es_known = [extraction_strength(t) for t in known.token_top1]
+    es_unknown = [extraction_strength(t) for t in unknown.token_top1]
+    memorised = [es for es, ok in zip(es_known, known.correct, strict=True) if ok]
+    assert memorised and all(es == 1.0 for es in memorised)
+    assert all(es == 0.0 for es, ok in zip(es_unknown, unknown.correct, strict=True) if not ok)
+    assert np.mean(es_known) > 0.9 and np.mean(es_unknown) < 0.4
+    result = _run(Memorization(), organism_pair_oracle, organism_concept)
+    assert result.summary["forget_es_pre"] > 0.9
+    assert result.summary["forget_es_post"] < 0.4
+    assert result.summary["forget_quality"] > result.summary["forget_quality_pre"]
+
+
+def test_weight_change_shows_only_the_head_for_suppress(organism_pair_suppress, organism_pair_ga, organism_concept):
+    suppress = _run(PCAShift(), organism_pair_suppress, organism_concept)
+    changed = suppress.summary["weight_change"]["changed"]
+    assert changed and all(name.startswith("lm_head") for name in changed)
+    assert max(suppress.summary["forget_shift_post"]) < 1e-4, "identical internals: no activation shift"
+    ga = _run(PCAShift(), organism_pair_ga, organism_concept)
+    assert any(not name.startswith("lm_head") for name in ga.summary["weight_change"]["changed"])
+    assert max(ga.summary["forget_shift_post"]) > 0.1

@@ -1,0 +1,234 @@
+"""palimpsest.restoration: shift vectors, SAE-feature restoration, relearning, quantization, direction ablation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import palimpsest.restoration  # noqa: F401  (registers the analysers)
+from palimpsest.concepts import ConceptSpec, Item
+from palimpsest.types import AuditConfig
+
+NAMES = ("shift_vectors", "sae_restoration", "relearning", "quantization", "direction_ablation")
+
+ITEMS = [
+    Item(prompt="alice lives in the city of", answer="paris", subject="alice", fact_id="alice:city"),
+    Item(prompt="q : where does alice live ?", answer="paris", subject="alice", fact_id="alice:city"),
+    Item(prompt="bob lives in the city of", answer="rome", subject="bob", fact_id="bob:city"),
+    Item(prompt="q : where does bob live ?", answer="rome", subject="bob", fact_id="bob:city"),
+    Item(prompt="carol lives in the city of", answer="oslo", subject="carol", fact_id="carol:city"),
+    Item(prompt="q : where does carol live ?", answer="oslo", subject="carol", fact_id="carol:city"),
+    Item(prompt="alice works as a", answer="baker", subject="alice", fact_id="alice:job"),
+    Item(prompt="bob works as a", answer="pilot", subject="bob", fact_id="bob:job"),
+]
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _logits(loaded) -> torch.Tensor:
+    from palimpsest.capture import encode
+
+    batch = encode(loaded.tokenizer, [it.prompt for it in ITEMS], [it.answer for it in ITEMS])
+    with torch.inference_mode():
+        return loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.clone()
+
+
+def _state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_all_five_analysers_are_registered():
+    import palimpsest.restoration  # noqa: F401
+    from palimpsest.types import REGISTRY
+
+    missing = [name for name in NAMES if name not in REGISTRY]
+    assert not missing, missing
+    for name in NAMES:
+        assert REGISTRY[name].kind == "residue" and REGISTRY[name].description
+
+
+def test_split_keeps_each_fact_on_one_side():
+    from palimpsest.restoration.common import split_items
+
+    train, held = split_items(ITEMS, seed=0)
+    assert train and held and sorted(train + held) == list(range(len(ITEMS)))
+    assert not {ITEMS[i].fact_id for i in train} & {ITEMS[i].fact_id for i in held}
+
+
+def test_batched_sweep_equals_one_forward_per_strength(tiny):
+    from palimpsest.restoration import sweep, sweep_one_by_one
+
+    site = "blocks.1.hook_resid_post"
+    paris = tiny.tokenizer.convert_tokens_to_ids("paris")
+    vector = tiny.model.lm_head.weight[paris].detach().clone()
+    strengths = [0.0, 0.5, 2.0, 8.0, 32.0, 128.0]
+    batched = sweep(tiny, ITEMS, site, vector, strengths, batch_size=7)  # 7 rows: whole items only, uneven batches
+    reference = sweep_one_by_one(tiny, ITEMS, site, vector, strengths)
+    assert batched.shape == (len(strengths), len(ITEMS))
+    np.testing.assert_array_equal(batched, reference)
+    is_paris = np.array([it.answer == "paris" for it in ITEMS])
+    assert batched[-1, is_paris].all() and not batched[-1, ~is_paris].any()  # a huge push makes 'paris' the answer
+    assert batched[:, is_paris].sum() > batched[0, is_paris].sum() * len(strengths)  # ... and the sweep sees it change
+
+
+def test_relearn_fits_a_copy_and_leaves_the_original(tiny):
+    from palimpsest.restoration import relearn
+    from palimpsest.restoration.common import correct
+
+    before, logits = _state(tiny.model), _logits(tiny)
+    tuned, curve = relearn(tiny, ITEMS, steps=40, lr=1e-2, batch_size=8, seed=0, eval_items=ITEMS, eval_every=10)
+    assert correct(tuned, ITEMS).mean() > correct(tiny, ITEMS).mean()
+    assert [s for s, _ in curve] == [0, 10, 20, 30, 40] and curve[-1][1] > curve[0][1]
+    assert all(torch.equal(before[k], v) for k, v in tiny.model.state_dict().items())
+    assert torch.equal(logits, _logits(tiny))
+
+
+def test_quantized_copy_rounds_weights_and_leaves_the_original(tiny):
+    from palimpsest.restoration import quantized
+
+    logits = _logits(tiny)
+    for bits in (8, 4):
+        q = _logits(quantized(tiny, bits))
+        assert not torch.equal(q, logits) and (q - logits).abs().max() < 1.0
+    assert torch.equal(logits, _logits(tiny))
+    with pytest.raises(ValueError, match="use 8 or 4"):
+        quantized(tiny, 3)
+
+
+def test_unlearning_direction_is_the_mean_difference():
+    from palimpsest.restoration import unlearning_directions
+
+    gen = torch.Generator().manual_seed(0)
+    before = torch.randn(20, 16, generator=gen)
+    shift = torch.zeros(16)
+    shift[3] = 5.0
+    after = before + shift + 0.01 * torch.randn(20, 16, generator=gen)
+    dirs = unlearning_directions(after, before)
+    assert torch.allclose(dirs["mean"], shift, atol=0.05)
+    assert abs(float(dirs["pc1"].norm()) - 1.0) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny, tiny_dir):
+    """pre = a tiny model fitted on ITEMS; post = the same with its output layer changed (head-only suppression)."""
+    from palimpsest.models import ModelPair, load_model
+    from palimpsest.restoration import relearn
+
+    tiny = load_model(tiny_dir)  # a fresh copy: other tests' fixtures share the session `tiny`
+    pre, _ = relearn(tiny, ITEMS, steps=60, lr=1e-2, batch_size=8, seed=0)
+    post, _ = relearn(tiny, ITEMS, steps=60, lr=1e-2, batch_size=8, seed=0)
+    with torch.no_grad():
+        for it in ITEMS:
+            post.model.lm_head.weight[post.tokenizer.convert_tokens_to_ids(it.answer)] *= -1.0
+    return ModelPair(pre=pre, post=post)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_analysers_leave_models_untouched_and_report_honestly(tiny_pair, name, tmp_path):
+    import palimpsest.restoration  # noqa: F401
+    from palimpsest.capture import Activations
+    from palimpsest.types import REGISTRY
+
+    concept = ConceptSpec(name="c", forget=tuple(ITEMS), retain=tuple(ITEMS[:2]), holdout=tuple(ITEMS[-4:]))
+    sae = {"total_tokens": 2048, "batch_size": 16, "min_explained_variance": 0.0, "min_selectivity": 0.0,
+           "min_forget_firing": 0.0, "cache_dir": str(tmp_path), "n_random_draws": 1}
+    config = AuditConfig(n_bootstrap=50, min_items=4, options={"relearning": {"steps": 3}, "sae_restoration": sae})
+    acts = Activations.for_pair(tiny_pair, concept)
+    before = {k: (_logits(m), _hooks(m.model)) for k, m in tiny_pair.models().items()}
+    result = REGISTRY[name].run(tiny_pair, concept, acts, config)
+    for key, loaded in tiny_pair.models().items():
+        assert torch.equal(before[key][0], _logits(loaded)), f"{name} changed the {key} model's outputs"
+        assert _hooks(loaded.model) == before[key][1]
+    assert result.name == name and result.status in ("ok", "inconclusive")
+    if name in ("shift_vectors", "direction_ablation", "sae_restoration"):  # head-only change: the stream is as pre
+        assert result.status == "inconclusive", result.notes
+        assert "after the last block" in result.notes[0] or "downstream of the SAE site" in result.notes[0]
+    if result.status == "ok":
+        assert 0.0 <= result.residue <= 1.0 and result.ci[0] <= result.residue <= result.ci[1]
+    else:
+        assert result.residue is None and result.notes
+    result.model_dump_json()  # every result serialises
+
+
+# ------------------------------------------------------------------ the organism (ground truth known)
+
+ORGANISM_CONFIG = dict(n_bootstrap=200)
+
+
+def _run(name, pair, concept):
+    import palimpsest.restoration  # noqa: F401
+    from palimpsest.capture import Activations
+    from palimpsest.types import REGISTRY
+
+    acts = Activations.for_pair(pair, concept)
+    before = {k: _organism_logits(m, concept) for k, m in pair.models().items()}
+    result = REGISTRY[name].run(pair, concept, acts, AuditConfig(**ORGANISM_CONFIG))
+    for key, loaded in pair.models().items():
+        assert torch.equal(before[key], _organism_logits(loaded, concept)), f"{name} changed {key}"
+        assert _hooks(loaded.model) == 0
+    return result
+
+
+def _organism_logits(loaded, concept) -> torch.Tensor:
+    from palimpsest.capture import encode
+
+    items = list(concept.forget[:8])
+    batch = encode(loaded.tokenizer, [it.prompt for it in items], [it.answer for it in items])
+    with torch.inference_mode():
+        return loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.clone()
+
+
+@pytest.fixture(scope="module")
+def suppress_results(organism_pair_suppress, organism_concept):
+    return {name: _run(name, organism_pair_suppress, organism_concept) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def oracle_results(organism_pair_oracle, organism_concept):
+    return {name: _run(name, organism_pair_oracle, organism_concept) for name in NAMES}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="measured: the organism's head-only suppression is restored by none of the five "
+                   "attacks (residual ones are inconclusive, relearning other facts and int4/int8 rounding leave it); "
+                   "the suppressed verdict must come from read-out analysers (probes, logit lens)")
+def test_suppress_is_restored_by_at_least_one_attack(suppress_results):
+    ok = {n: r.residue for n, r in suppress_results.items() if r.status == "ok"}
+    assert ok and max(ok.values()) >= 0.5, {n: (r.status, r.residue, r.notes[:1]) for n, r in suppress_results.items()}
+    best = max(ok, key=ok.get)
+    assert suppress_results[best].ci[0] >= 0.35
+
+
+@pytest.mark.slow
+def test_suppress_head_only_change_is_invisible_to_residual_steering(suppress_results):
+    for name in ("shift_vectors", "direction_ablation"):
+        assert suppress_results[name].status == "inconclusive", suppress_results[name].residue
+
+
+@pytest.mark.slow
+def test_oracle_every_restoration_stays_near_its_floor(oracle_results):
+    for name, result in oracle_results.items():
+        assert result.status != "skipped", (name, result.notes)
+        if result.status == "ok":
+            assert result.residue <= 0.25, (name, result.residue, result.summary)
+
+
+@pytest.mark.slow
+def test_random_direction_controls_stay_low(suppress_results, oracle_results, organism_pair_ga, organism_concept):
+    ga = _run("shift_vectors", organism_pair_ga, organism_concept)
+    for result in (ga, oracle_results["shift_vectors"], oracle_results["direction_ablation"]):
+        if result.status == "ok":
+            key = "held_out_acc_random_control"
+            assert result.summary[key] <= result.summary["held_out_acc_post"] + 0.15, (result.name, result.summary)
+
+
+@pytest.mark.slow
+def test_relearning_recovers_more_after_ga_than_after_oracle(oracle_results, organism_pair_ga, organism_concept):
+    ga = _run("relearning", organism_pair_ga, organism_concept)
+    oracle = oracle_results["relearning"]
+    assert ga.status == "ok", ga.notes
+    assert ga.summary["held_out_acc_relearned"] > oracle.summary["held_out_acc_relearned"] + 0.1
+    assert oracle.status == "ok" and oracle.residue <= 0.25

@@ -1,0 +1,239 @@
+"""palimpsest.sae: sae-lens training and caching, SAUCE features and clamping, RA-SAE blindspots, the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+
+SITE_TINY = "blocks.1.hook_resid_post"
+TINY_CORPUS = [f"{p} lives in {c} ." for p in ("alice", "bob", "carol") for c in ("paris", "rome", "oslo")] + \
+    [f"{p} works as a {j} ." for p in ("alice", "bob", "carol") for j in ("baker", "pilot")] + \
+    ["q : where does alice live ? answer : paris .", "the city of bob is rome ."]
+
+
+def _tiny_cfg(**kw):
+    from palimpsest.sae import SAEConfig
+
+    return SAEConfig(**{"expansion": 4, "k": 4, "total_tokens": 2048, "batch_size": 64, **kw})
+
+
+# ---------------------------------------------------------------- unit tests (tiny random model)
+
+
+def test_train_cache_and_reload(tiny, sae_cache):
+    from palimpsest.sae import get_or_train_sae, train
+    from palimpsest.sae.data import corpus_activations
+
+    tmp_path = sae_cache / "tiny"
+
+    sae, quality = get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(), cache_dir=tmp_path)
+    for key in ("explained_variance", "l0", "dead_fraction", "ce_loss_clean", "ce_loss_spliced", "loss_recovered"):
+        assert key in quality
+    assert quality["l0"] <= 4 + 1e-6
+    folders = list((tmp_path / "sae").iterdir())
+    assert len(folders) == 1 and (folders[0] / "cfg.json").is_file() and (folders[0] / "sae_weights.safetensors").is_file()
+    train._MEMO.clear()
+    again, quality_again = get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(), cache_dir=tmp_path)
+    assert again is not sae and quality_again == quality
+    x = corpus_activations(tiny.model, tiny.tokenizer, SITE_TINY, TINY_CORPUS[:3])
+    assert torch.allclose(sae.encode(x), again.encode(x))
+    # another config is another SAE
+    get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(k=2), cache_dir=tmp_path)
+    assert len(list((tmp_path / "sae").iterdir())) == 2
+
+
+def test_other_architecture_and_bad_name(tiny, tmp_path):
+    from palimpsest.sae import SAEError, get_or_train_sae
+
+    sae, quality = get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(architecture="standard",
+                                    arch_kwargs={"l1_coefficient": 1e-4}), cache_dir=tmp_path)
+    assert type(sae).__name__ == "StandardSAE" and quality["l0"] > 0
+    with pytest.raises(SAEError, match="unknown SAE architecture"):
+        get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(architecture="nope"), cache_dir=tmp_path)
+
+
+def test_shard_batches_fixed_size_and_endless(tiny, tmp_path):
+    from palimpsest.capture import ShardedActivations, capture_to_disk
+    from palimpsest.sae import shard_batches
+
+    store = ShardedActivations(capture_to_disk(tiny.model, tiny.tokenizer, TINY_CORPUS, [SITE_TINY],
+                                               tmp_path / "acts", batch_size=4))
+    it = shard_batches(store, SITE_TINY, 16, buffer_size=32)  # store larger than the buffer: streamed
+    batches = [next(it) for _ in range(3 * store.rows // 16)]  # three epochs
+    assert all(b.shape == (16, tiny.d_model) for b in batches)
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    from palimpsest.sae import tensor_batches, train_sae
+
+    data = torch.randn(2048, 16)
+    cfg = _tiny_cfg(total_tokens=2048, batch_size=64)
+    train_sae(tensor_batches(data, 64), 16, cfg, checkpoint_dir=tmp_path, n_checkpoints=3)
+    assert any(p.name.isdigit() for p in tmp_path.iterdir())
+    seen = []
+
+    def counting():
+        for batch in tensor_batches(data, 64):
+            seen.append(1)
+            yield batch
+
+    _, trainer = train_sae(counting(), 16, cfg, checkpoint_dir=tmp_path, n_checkpoints=3)
+    assert trainer.n_training_samples >= 2048
+    assert 0 < len(seen) < 2048 // 64  # started from the last checkpoint, not from zero
+
+
+def test_sauce_clamp_edits_only_the_copy(tiny, sae_cache):
+    from palimpsest.capture import encode
+    from palimpsest.sae import get_or_train_sae, sauce_clamp, site_inputs
+
+    sae, _ = get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(), cache_dir=sae_cache / "tiny")
+    x = site_inputs(tiny.model, tiny.tokenizer, TINY_CORPUS, SITE_TINY)
+    fired = (sae.encode(torch.cat([a for _, a in x])) > 0).float().mean(0)
+    features = torch.argsort(fired, descending=True)[:3].tolist()
+    batch = encode(tiny.tokenizer, TINY_CORPUS[:4])
+    with torch.no_grad():
+        ref_logits = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    clamped = sauce_clamp(tiny, sae, SITE_TINY, features, clamp_value=-2.0)
+    identity = sauce_clamp(tiny, sae, SITE_TINY, features, clamp_value=1.0, share_weights=True)
+    with torch.no_grad():
+        c_logits = clamped.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        i_logits = identity.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        after = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert not torch.allclose(c_logits, ref_logits, atol=1e-4)  # the clamp changes the output
+    assert torch.allclose(i_logits, ref_logits, atol=1e-5)  # clamp x1 = no change: reconstruction error preserved
+    assert torch.equal(after, ref_logits)  # the reference model is untouched
+    assert next(identity.model.parameters()).data_ptr() == next(tiny.model.parameters()).data_ptr()
+    assert next(clamped.model.parameters()).data_ptr() != next(tiny.model.parameters()).data_ptr()
+    # what the SAE sees at the site (the input of the clamping hook) is unchanged
+    y = site_inputs(clamped.model, clamped.tokenizer, TINY_CORPUS, SITE_TINY)
+    assert all(torch.allclose(a, b) for (_, a), (_, b) in zip(x, y, strict=True))
+    with pytest.raises(ValueError, match="no concept features"):
+        sauce_clamp(tiny, sae, SITE_TINY, [])
+
+
+def test_overcomplete_without_its_package_init():
+    from palimpsest.sae import overcomplete_sae
+
+    module = overcomplete_sae()
+    assert hasattr(module, "RATopKSAE")
+    assert "overcomplete.models" not in sys.modules  # the vision-model half was never imported
+
+
+def test_cli_sae_train(tiny_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from palimpsest.sae.cli import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        pass
+
+    register(app)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TINY_CORPUS * 4))
+    out = tmp_path / "sae"
+    args = ["sae", "train", "--model", str(tiny_dir), "--site", SITE_TINY, "--out", str(out), "--corpus", str(corpus),
+            "--tokens", "2048", "--batch-size", "64", "--expansion", "2", "--k", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "cfg.json").is_file() and (out / "quality.json").is_file()
+    assert not (tmp_path / ".sae.work").exists()
+    bad = CliRunner().invoke(app, [*args[:5], "blocks.9.hook_resid_post", *args[6:]])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+# ---------------------------------------------------------------- on the model organism
+
+MIN_EXPLAINED_VARIANCE = 0.7
+SAUCE_SITE = "blocks.0.hook_resid_post"
+
+
+def _audit_config(sae_cache, **extra):
+    from palimpsest.types import AuditConfig
+
+    return AuditConfig(n_bootstrap=200, options={"sae_features": {"cache_dir": str(sae_cache), **extra},
+                                                 "blindspots": {"n_samples": 192}})
+
+
+def _run(name, pair, concept, config):
+    import palimpsest.sae  # noqa: F401  (registers the analysers)
+    from palimpsest.types import REGISTRY
+
+    return REGISTRY[name].run(pair, concept, None, config)
+
+
+@pytest.fixture(scope="module")
+def organism_sae(organism_pair_suppress, organism_concept, sae_cache):
+    from palimpsest.sae import SAEConfig, concept_corpus, get_or_train_sae
+    from palimpsest.sae.analyser import default_site
+
+    pre = organism_pair_suppress.pre
+    site = default_site(pre.model)
+    sae, quality = get_or_train_sae(pre, site, concept_corpus(organism_concept), SAEConfig(), cache_dir=sae_cache)
+    return site, sae, quality
+
+
+def test_organism_sae_quality(organism_sae):
+    _, _, quality = organism_sae
+    assert quality["explained_variance"] >= MIN_EXPLAINED_VARIANCE, quality
+    assert quality["dead_fraction"] < 0.9
+    assert quality["ce_loss_spliced"] < quality["ce_loss_mean_ablated"]
+
+
+def test_concept_features_fire_on_forget_prompts(organism_sae, organism_pair_suppress, organism_concept):
+    from palimpsest.sae import concept_features
+
+    site, sae, _ = organism_sae
+    feats = concept_features(sae, organism_pair_suppress.pre, site, organism_concept, None)
+    assert len(feats) >= 1
+    assert all(f > r for f, r in zip(feats.mean_forget, feats.mean_retain, strict=True))
+    assert feats.top_tokens[0] and feats.top_tokens[0][0]["activation"] > 0
+    assert type(feats).model_validate_json(feats.model_dump_json()) == feats
+
+
+def test_suppress_keeps_concept_features(organism_pair_suppress, organism_concept, sae_cache):
+    result = _run("sae_features", organism_pair_suppress, organism_concept, _audit_config(sae_cache))
+    assert result.status == "ok", result.notes
+    assert result.residue >= 0.8 and result.summary["activation_survival"] > 0.8
+
+
+@pytest.mark.slow
+def test_oracle_concept_features_fall(organism_pair_oracle, organism_pair_suppress, organism_concept, sae_cache):
+    oracle = _run("sae_features", organism_pair_oracle, organism_concept, _audit_config(sae_cache))
+    suppress = _run("sae_features", organism_pair_suppress, organism_concept, _audit_config(sae_cache))
+    assert oracle.status == "ok", oracle.notes
+    assert oracle.summary["activation_survival"] < 0.6
+    assert oracle.residue < suppress.residue - 0.3
+
+
+def test_sauce_is_suppression(organism_pair_suppress, organism_concept, sae_cache):
+    from palimpsest.capture import score_answers
+    from palimpsest.models import ModelPair
+    from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae, sauce_clamp
+    pre = organism_pair_suppress.pre
+    site = SAUCE_SITE  # early: the clamp acts on the name tokens before the facts are looked up
+    sae, _ = get_or_train_sae(pre, site, concept_corpus(organism_concept), SAEConfig(), cache_dir=sae_cache)
+    feats = concept_features(sae, pre, site, organism_concept, SAEConfig())
+    post = sauce_clamp(pre, sae, site, feats)
+    forget = list(organism_concept.forget)
+    before = score_answers(pre.model, pre.tokenizer, forget).mean_logprob.mean()
+    after = score_answers(post.model, post.tokenizer, forget).mean_logprob.mean()
+    assert after < before - 0.5  # the clamp suppresses the answers
+    pair = ModelPair(pre, post, organism_pair_suppress.floor)
+    result = _run("sae_features", pair, organism_concept, _audit_config(sae_cache))
+    assert result.status == "ok" and result.residue >= 0.8
+    assert any("SAUCE" in note for note in result.notes)
+
+
+@pytest.mark.slow
+def test_blindspots_oracle_drops_forget_concept(organism_pair_oracle, organism_concept, sae_cache):
+    result = _run("blindspots", organism_pair_oracle, organism_concept, _audit_config(sae_cache))
+    assert result.status == "ok", result.notes
+    assert result.summary["forget_prevalence_drop"] > 0.5
+    assert result.tables["concepts"] and result.figures
