@@ -11,6 +11,7 @@ from palimpsest.audit.memorization import Memorization, exact_memorization, extr
 from palimpsest.audit.mia import MembershipInference, pairwise_wins
 from palimpsest.audit.pca_shift import PCAShift, weight_changes
 from palimpsest.types import AuditConfig, Result
+
 CONFIG = AuditConfig(n_bootstrap=200)
 ANALYSERS = (UnlearningDepth(), Memorization(), MembershipInference(), PCAShift())
 

@@ -14,6 +14,7 @@ from palimpsest.probes.linear import shuffle_by_group  # noqa: E402
 from palimpsest.probes.similarity import linear_cka  # noqa: E402
 from palimpsest.probes.vectors import ablate_vectors, value_vectors  # noqa: E402
 from palimpsest.types import REGISTRY, AuditConfig
+
 NAMES = ("probes", "logit_lens", "cka", "concept_vectors")
 CONFIG = AuditConfig(n_bootstrap=200)
 

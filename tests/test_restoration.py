@@ -41,7 +41,6 @@ def _state(model) -> dict:
 
 
 def test_all_five_analysers_are_registered():
-    import palimpsest.restoration  # noqa: F401
     from palimpsest.types import REGISTRY
 
     missing = [name for name in NAMES if name not in REGISTRY]
@@ -128,7 +127,6 @@ def tiny_pair(tiny, tiny_dir):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_analysers_leave_models_untouched_and_report_honestly(tiny_pair, name, tmp_path):
-    import palimpsest.restoration  # noqa: F401
     from palimpsest.capture import Activations
     from palimpsest.types import REGISTRY
 
@@ -159,7 +157,6 @@ ORGANISM_CONFIG = dict(n_bootstrap=200)
 
 
 def _run(name, pair, concept):
-    import palimpsest.restoration  # noqa: F401
     from palimpsest.capture import Activations
     from palimpsest.types import REGISTRY
 

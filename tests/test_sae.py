@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-
 SITE_TINY = "blocks.1.hook_resid_post"
 TINY_CORPUS = [f"{p} lives in {c} ." for p in ("alice", "bob", "carol") for c in ("paris", "rome", "oslo")] + \
     [f"{p} works as a {j} ." for p in ("alice", "bob", "carol") for j in ("baker", "pilot")] + \
