@@ -88,3 +88,5 @@ if __name__ == "__main__":
         _stream_child(*sys.argv[2:5])
     else:
         main()
+
+# output contract: the last line printed is the JSON result {"benchmark", "ratio", "target", "met", ...} (result_line)

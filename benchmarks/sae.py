@@ -115,3 +115,5 @@ if __name__ == "__main__":
         _rss_child(sys.argv[2])
     else:
         main()
+
+# output contract: the last line printed is the JSON result {"benchmark", "ratio", "target", "met", ...} (result_line)
