@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-import traceback
 from typing import Callable
 
-import torch
-
-from palimpsest.audit.runner import AuditResult
+from palimpsest.audit.runner import AuditResult, run_analyser
 from palimpsest.audit.verdict import decide
 from palimpsest.types import AuditConfig, Result
 from palimpsest.vision.concept import digits_concept
@@ -23,18 +20,6 @@ ProgressFn = Callable[[str, int, int], None]
 def vision_config(**overrides) -> AuditConfig:
     """The digits audit's defaults: the shared thresholds, the nnsight backend, a smaller bootstrap."""
     return AuditConfig(**{"backend": "nnsight", "n_bootstrap": 500, **overrides})
-
-
-def _run(analyser, pair, concept, acts, config: AuditConfig) -> Result:
-    torch.manual_seed(config.seed)
-    try:
-        result = analyser.run(pair, concept, acts, config)
-    except Exception as error:  # one analyser failing must not lose the others; the report says what broke
-        detail = traceback.format_exception_only(type(error), error)[-1].strip()
-        return Result(name=analyser.name, kind=analyser.kind, status="skipped",
-                      notes=[f"the analyser failed: {detail}"], evidence=f"failed: {detail}")
-    result.name = analyser.name
-    return result
 
 
 def audit_vision(pair: VisionPair, data: Digits, config: AuditConfig | None = None, *, shared: dict | None = None,
@@ -57,7 +42,7 @@ def audit_vision(pair: VisionPair, data: Digits, config: AuditConfig | None = No
         if progress:
             progress(name, index, len(analysers))
         start = time.perf_counter()
-        results[name] = _run(analyser, pair, concept, acts, config)
+        results[name] = run_analyser(analyser, pair, concept, acts, config)
         timings[name] = round(time.perf_counter() - start, 3)
     behaviour = results.pop("behaviour", None)
     verdict = decide(behaviour, results, config)
