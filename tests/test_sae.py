@@ -22,11 +22,9 @@ def _tiny_cfg(**kw):
 # ---------------------------------------------------------------- unit tests (tiny random model)
 
 
-def test_train_cache_and_reload(tiny, sae_cache):
+def test_train_cache_and_reload(tiny, tmp_path):
     from palimpsest.sae import get_or_train_sae, train
     from palimpsest.sae.data import corpus_activations
-
-    tmp_path = sae_cache / "tiny"
 
     sae, quality = get_or_train_sae(tiny, SITE_TINY, TINY_CORPUS, _tiny_cfg(), cache_dir=tmp_path)
     for key in ("explained_variance", "l0", "dead_fraction", "ce_loss_clean", "ce_loss_spliced", "loss_recovered"):
