@@ -99,6 +99,12 @@ def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
             raise ValueError(f"unknown analysers {unknown}; available: {', '.join(analysers)}")
         analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
     acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
+    return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
+
+
+def run_and_decide(analysers: dict, pair, concept: ConceptSpec, acts, config: AuditConfig, *,
+                   progress: ProgressFn | None = None) -> AuditResult:
+    """Run `analysers` in order (timed, one failure never loses the others) and synthesise the verdict."""
     results: dict[str, Result] = {}
     timings: dict[str, float] = {}
     for index, (name, analyser) in enumerate(analysers.items()):

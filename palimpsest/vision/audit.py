@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
-from palimpsest.audit.runner import AuditResult, run_analyser
-from palimpsest.audit.verdict import decide
-from palimpsest.types import AuditConfig, Result
+from palimpsest.audit.runner import AuditResult, run_and_decide
+from palimpsest.types import AuditConfig
 from palimpsest.vision.concept import digits_concept
 from palimpsest.vision.context import VisionActs
 from palimpsest.vision.data import Digits
@@ -36,18 +34,4 @@ def audit_vision(pair: VisionPair, data: Digits, config: AuditConfig | None = No
         analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
     concept = digits_concept(data, pair.forget_class)
     acts = VisionActs(pair, data, backend=config.backend, shared=shared if shared is not None else {})
-    results: dict[str, Result] = {}
-    timings: dict[str, float] = {}
-    for index, (name, analyser) in enumerate(analysers.items()):
-        if progress:
-            progress(name, index, len(analysers))
-        start = time.perf_counter()
-        results[name] = run_analyser(analyser, pair, concept, acts, config)
-        timings[name] = round(time.perf_counter() - start, 3)
-    behaviour = results.pop("behaviour", None)
-    verdict = decide(behaviour, results, config)
-    return AuditResult(
-        verdict=verdict.verdict, collateral=verdict.collateral, behaviour_forgotten=verdict.behaviour_forgotten,
-        reasons=verdict.reasons, missing_evidence=verdict.missing, strongest_evidence=verdict.strongest,
-        behaviour=behaviour, analyses=results, config=config, concept=concept,
-        models={name: m.source for name, m in pair.models().items()}, timings=timings)
+    return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
