@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,11 +20,12 @@ out = Console()
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from palimpsest.capture import AnswerTokenError, SiteError
+    from palimpsest.capture import AnswerTokenError, NonFiniteError, SiteError
     from palimpsest.concepts import ConceptError
     from palimpsest.models import ModelLoadError
 
-    return (ModelLoadError, ConceptError, SiteError, AnswerTokenError, FileNotFoundError, BadInput)
+    # NonFiniteError: the model's own numbers are NaN/inf (broken weights, or a dtype that overflows)
+    return (ModelLoadError, ConceptError, SiteError, AnswerTokenError, NonFiniteError, FileNotFoundError, BadInput)
 
 
 class BadInput(ValueError):
@@ -39,26 +41,40 @@ def guarded(func):
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted: nothing half-written was left behind[/]")
+            _say("[yellow]interrupted: nothing half-written was left behind[/]")
             raise typer.Exit(130) from None
         except _bad_input_errors() as error:
-            console.print(f"[red]error:[/] {_one_line(error)}")
+            _say(f"[red]error:[/] {_one_line(error)}")
             raise typer.Exit(2) from None
         except Exception as error:  # noqa: BLE001 — the last resort must still be one line
             if os.environ.get("PALIMPSEST_DEBUG"):
                 raise
-            console.print(f"[red]error:[/] {type(error).__name__}: {_one_line(error)} (set PALIMPSEST_DEBUG=1 for a traceback)")
+            _say(f"[red]error:[/] {escape(type(error).__name__)}: {_one_line(error)} "
+                 "(set PALIMPSEST_DEBUG=1 for a traceback)")
             raise typer.Exit(1) from None
     return wrapper
 
 
+def _say(markup: str) -> None:
+    """One line on stderr: never wrapped at the terminal width (a log or a test sees exactly one line)."""
+    console.print(markup, soft_wrap=True, highlight=False)
+
+
 def _one_line(error: BaseException) -> str:
+    """The first line of the message, escaped: text from concept files or paths must not be read as rich markup."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    return escape(text[0] if text else type(error).__name__)
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, transient=False)
@@ -102,7 +118,8 @@ def capture(pre: Annotated[str, typer.Option(help="model before unlearning")],
     """Capture activations of pre and post on every item set of a concept, as safetensors."""
     from safetensors.torch import save_file
 
-    from palimpsest.capture import BACKENDS, POSITIONS, capture as run_capture, resid_post_sites
+    from palimpsest.capture import BACKENDS, POSITIONS, resid_post_sites
+    from palimpsest.capture import capture as run_capture
     from palimpsest.concepts import load_concept
     from palimpsest.io import atomic_dir
     from palimpsest.models import load_pair
@@ -126,7 +143,7 @@ def capture(pre: Annotated[str, typer.Option(help="model before unlearning")],
                                    backend=backend, batch_size=batch_size, model_name=model_name,  # type: ignore[arg-type]
                                    progress=lambda n: progress.advance(task, n))
                 save_file({k: v.contiguous() for k, v in acts.items()}, str(tmp / f"{model_name}.{set_name}.safetensors"))
-    out.print(f"wrote {out_dir}")
+    out.print(f"wrote {escape(str(out_dir))}", soft_wrap=True)
 
 
 @app.command(name="audit")
@@ -140,6 +157,8 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
               figures: Annotated[str, typer.Option(help="also export figures: comma-separated png,svg,html")] = "",
               device: str = "cpu",
               dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
+              device_map: Annotated[Optional[str], typer.Option(
+                  help="shard a model larger than one GPU across devices (accelerate), e.g. auto")] = None,
               backend: str = "torch",
               batch_size: int = 32,
               seed: int = 0,
@@ -153,7 +172,8 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
 
     formats = tuple(f.strip() for f in figures.split(",") if f.strip())
     spec = load_concept(concept)
-    pair = load_pair(pre, post, floor_source=floor, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    pair = load_pair(pre, post, floor_source=floor, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                     device_map=device_map)
     names = tuple(a.strip() for a in analysers.split(",")) if analysers else None
     try:
         config = AuditConfig(device=device, backend=backend, batch_size=batch_size, seed=seed, analysers=names)
@@ -168,7 +188,7 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
         result = audit(pair, spec, config, progress=step)
     write_audit(result, out_dir, figure_formats=formats)
     out.print(f"verdict: [bold]{result.verdict}[/]" + (" (collateral)" if result.collateral else ""))
-    out.print(f"report: {out_dir / 'report.html'}")
+    out.print(f"report: {escape(str(out_dir / 'report.html'))}", soft_wrap=True)
 
 
 @app.command(name="concept-vectors")

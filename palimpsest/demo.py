@@ -145,11 +145,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @guarded
-    def demo(model: Annotated[str, typer.Option(help="organism | digits")] = "organism",
+    def demo(model: Annotated[str, typer.Option(help="organism | smollm2 | digits")] = "organism",
              out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/demo"),
              methods: Annotated[Optional[str], typer.Option(help="comma-separated post-model methods")] = None,
              seed: int = 0,
-             figures: Annotated[str, typer.Option(help="also export figures: png,svg,html")] = ""):
+             figures: Annotated[str, typer.Option(help="also export figures: png,svg,html")] = "",
+             device: Annotated[str, typer.Option(help="smollm2: cpu | cuda | mps")] = "cpu",
+             dtype: Annotated[Optional[str], typer.Option(help="smollm2: float32 | bfloat16 | float16")] = None):
         """Unlearn the embedded model with every method, audit each, and write DIR/index.html."""
         formats = tuple(f.strip() for f in figures.split(",") if f.strip())
         with _progress() as bar:
@@ -171,10 +173,24 @@ def register(app: typer.Typer) -> None:
 
                 results = run_digits_demo(out_dir, seed=seed, progress=step)
             elif model == "smollm2":
-                raise BadInput("the SmolLM2 demo is not available yet: audit SmolLM2 pairs with `palimpsest audit` "
-                               "(the concept palimpsest/data/smollm2_capitals.yaml), or use --model organism|digits")
+                from palimpsest.real_demo import SMOLLM2_METHODS, run_smollm2_demo
+                from palimpsest.unlearn import METHODS
+
+                chosen = tuple(m.strip() for m in methods.split(",")) if methods else SMOLLM2_METHODS
+                unknown = sorted(set(chosen) - set(METHODS))
+                if unknown:
+                    raise BadInput(f"unknown methods {unknown}; choose from {', '.join(METHODS)} "
+                                   "(oracle and sauce need the organism)")
+
+                def advance(message: str, done: float) -> None:
+                    bar.update(task, description=message, advance=done)
+                    bar.console.log(message)
+
+                results = run_smollm2_demo(out_dir, methods=chosen, seed=seed, device=device, dtype=dtype,
+                                           progress=advance, figure_formats=formats,
+                                           total_hint=lambda total: bar.update(task, total=total))
             else:
-                raise BadInput(f"--model {model!r}: use organism or digits")
+                raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")
         for method, result in results.items():
             out.print(f"{method:>10}: {result.verdict}" + (" (collateral)" if result.collateral else ""))
         out.print(f"comparison page: {out_dir / 'index.html'}")

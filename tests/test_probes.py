@@ -189,3 +189,14 @@ def test_list_concept_vectors_on_the_organism(organism_dir, organism_concept):
     assert {"layer", "index", "top_tokens", "causal_effect"} <= set(rows[0])
     assert rows == sorted(rows, key=lambda r: -r["score"])
     assert np.mean([r["causal_effect"] for r in rows]) > 0
+
+
+def test_gram_concept_scores_equal_the_full_vocabulary_projection(tiny):
+    from palimpsest.probes.vectors import VocabStats, concept_scores, vocab_projection
+
+    vectors = value_vectors(tiny.model, 1)
+    token_ids = [3, 7, 11]
+    full = concept_scores(vocab_projection(tiny.model, vectors), token_ids)
+    fast = VocabStats.of(tiny.model).concept_scores(vectors, token_ids)
+    assert torch.allclose(fast, full, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast, VocabStats.of(tiny.model).concept_scores(vectors, [4, 8]), atol=1e-3)

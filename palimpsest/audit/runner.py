@@ -87,6 +87,27 @@ def check_answers(tokenizer, concept: ConceptSpec) -> None:
             raise AnswerTokenError(f"{item_set} item {index} ({item.prompt[:40]!r}): {error}") from None
 
 
+def check_finite(pair, concept: ConceptSpec, acts: Activations) -> None:
+    """Refuse a model whose residual stream is NaN/inf on the forget or retain prompts (NonFiniteError).
+
+    A broken model is an input fault, not evidence: every analyser would read garbage (or fail one by one and leave
+    an "inconclusive" that hides the cause), so the audit stops with the model, site and fix. The captures are the
+    ones most analysers read next, so this costs nothing extra.
+    """
+    from palimpsest.capture import NonFiniteError
+
+    for name in pair.models():
+        for item_set in ("forget", "retain"):
+            if not concept.items(item_set):
+                continue
+            try:
+                acts.layers(name, item_set)
+            except NonFiniteError:
+                raise
+            except Exception:  # noqa: BLE001 — any other capture failure is each analyser's to report, as before
+                return
+
+
 def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
           progress: ProgressFn | None = None) -> AuditResult:
     """Audit `pair` (a ModelPair) on `concept`; returns the verdict with every analyser's Result."""
@@ -99,6 +120,7 @@ def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
             raise ValueError(f"unknown analysers {unknown}; available: {', '.join(analysers)}")
         analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
     acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
+    check_finite(pair, concept, acts)
     return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from palimpsest.capture.backends import Backend, run_and_capture
 from palimpsest.capture.sites import resid_post_sites, resolve
-from palimpsest.capture.tokens import EncodedBatch, batches, encode
+from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import ConceptSpec, Item, ItemSet
 from palimpsest.io import atomic_dir, atomic_write_text
 
@@ -24,6 +25,10 @@ POSITIONS: tuple[str, ...] = ("last", "subject", "answer_mean", "all")
 
 class CaptureError(RuntimeError):
     """Capture failed in a way the user can fix (non-finite activations, out of memory at batch size 1...)."""
+
+
+class NonFiniteError(CaptureError):
+    """A model produced NaN/inf activations or logits: its numbers cannot be audited (broken weights or dtype)."""
 
 
 def gather_positions(
@@ -49,11 +54,52 @@ def gather_positions(
 
 
 def _check_finite(site: str, tensor: Tensor, model_name: str) -> None:
-    if not torch.isfinite(tensor).all():
-        raise CaptureError(
-            f"{model_name}: non-finite (NaN/inf) activations at {site}; the checkpoint is broken or the dtype "
-            "overflows: try --dtype float32"
-        )
+    """NaN/inf in a capture means the model's numbers are broken: refuse them (nothing downstream is meaningful)."""
+    if torch.isfinite(tensor).all():
+        return
+    rows = tensor.reshape(tensor.shape[0], -1) if tensor.ndim else tensor.reshape(1, 1)
+    bad = int((~torch.isfinite(rows)).any(-1).sum())
+    raise NonFiniteError(
+        f"{model_name}: non-finite (NaN/inf) activations at {site} in {bad} of {rows.shape[0]} rows; the checkpoint "
+        "is broken or its dtype overflows: load it in float32 (--dtype float32) or check the weights"
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError, or the RuntimeError some backends (older CUDA, MPS, CPU allocators) raise instead."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _run_or_oom(model, tokenizer, batch: EncodedBatch, sites: Sequence[str], backend: Backend):
+    """(activations, "") after a forward pass, or (None, the error's name) when it ran out of memory."""
+    try:
+        return run_and_capture(model, tokenizer, batch, list(sites), backend)[1], ""
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+        return None, type(error).__name__
+
+
+def _halve_after_oom(size: int, model_name: str, error_name: str) -> int:
+    """The next batch size after an out-of-memory error at `size`; says so (a warning), or fails at size 1."""
+    _free_memory()
+    if size <= 1:
+        raise CaptureError(f"{model_name}: out of memory even at batch size 1 ({error_name}); use a smaller "
+                           "model, a smaller dtype (--dtype bfloat16) or --device cpu")
+    smaller = max(1, size // 2)
+    warnings.warn(f"{model_name}: out of memory while capturing at batch size {size}; retrying with batch size "
+                  f"{smaller}", RuntimeWarning, stacklevel=3)
+    return smaller
 
 
 def capture(
@@ -88,16 +134,9 @@ def capture(
         chunk = slice(start, min(len(prompts), start + size))
         batch = encode(tokenizer, prompts[chunk], answers[chunk] if answers else None, subjects[chunk],
                        padding=padding)
-        try:
-            _, acts = run_and_capture(model, tokenizer, batch, list(sites), backend)
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise CaptureError(f"{model_name}: out of memory even at batch size 1; use a smaller model or "
-                                   "--device cpu") from None
-            size = max(1, size // 2)
-            import warnings
-
-            warnings.warn(f"out of memory while capturing; retrying with batch size {size}", stacklevel=2)
+        acts, oom = _run_or_oom(model, tokenizer, batch, sites, backend)
+        if oom:  # outside the except block, so the failed batch's tensors can be freed first
+            size = _halve_after_oom(size, model_name, oom)
             continue
         for site in sites:
             picked = gather_positions(acts[site], batch, position).float().cpu()
@@ -168,29 +207,38 @@ def capture_to_disk(
     batch_size: int = 16,
     position: Position = "all",
     progress=None,
+    model_name: str = "model",
 ) -> Path:
     """Stream activations to `out_dir` as one safetensors shard per batch; memory stays at one batch.
 
-    The folder appears only when complete (a crash leaves no half-written store).
+    The folder appears only when complete (a crash leaves no half-written store); the manifest records each
+    shard's rows and bytes, so a shard damaged later is detected on read. Out of memory halves the batch, and says so.
     """
     for site in sites:
         resolve(model, site)
     with atomic_dir(out_dir) as tmp:
-        shards, rows = [], 0
-        for index, chunk in enumerate(batches(len(texts), batch_size)):
+        shards: list[dict] = []
+        rows, start, size = 0, 0, max(1, batch_size)
+        while start < len(texts):
+            chunk = slice(start, min(len(texts), start + size))
             batch = encode(tokenizer, list(texts[chunk]))
-            _, acts = run_and_capture(model, tokenizer, batch, list(sites), backend)
+            acts, oom = _run_or_oom(model, tokenizer, batch, sites, backend)
+            if oom:
+                size = _halve_after_oom(size, model_name, oom)
+                continue
             tensors = {}
             for site in sites:
                 picked = gather_positions(acts[site], batch, position).float().cpu().contiguous()
-                _check_finite(site, picked, "model")
+                _check_finite(site, picked, model_name)
                 tensors[site] = picked
-            name = f"shard_{index:05d}.safetensors"
-            save_file(tensors, str(Path(tmp) / name))
-            shards.append({"file": name, "rows": int(next(iter(tensors.values())).shape[0])})
+            file = Path(tmp) / f"shard_{len(shards):05d}.safetensors"
+            save_file(tensors, str(file))
+            shards.append({"file": file.name, "rows": int(next(iter(tensors.values())).shape[0]),
+                           "bytes": file.stat().st_size})
             rows += shards[-1]["rows"]
             if progress is not None:
                 progress(chunk.stop - chunk.start)
+            start = chunk.stop
         atomic_write_text(Path(tmp) / _MANIFEST, json.dumps({"sites": list(sites), "shards": shards, "rows": rows,
                                                               "position": position}, indent=1))
     return Path(out_dir)
@@ -198,7 +246,7 @@ def capture_to_disk(
 
 @dataclass
 class ShardedActivations:
-    """Read a store written by `capture_to_disk` back, one shard at a time."""
+    """Read a store written by `capture_to_disk` back, one shard at a time; a damaged store raises CaptureError."""
 
     path: Path
 
@@ -209,8 +257,27 @@ class ShardedActivations:
             raise CaptureError(f"{self.path}: not a complete activation store (no {_MANIFEST}); capture it again")
         try:
             self.manifest = json.loads(manifest.read_text())
-        except json.JSONDecodeError:
-            raise CaptureError(f"{manifest}: corrupt manifest; capture the store again") from None
+            counts = [int(shard["rows"]) for shard in self.manifest["shards"] if str(shard["file"])]
+            if not self.manifest["sites"] or int(self.manifest["rows"]) != sum(counts):
+                raise ValueError("no sites, or the shard rows do not add up")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CaptureError(f"{manifest}: corrupt manifest ({type(error).__name__}); capture the store again") from None
+
+    def _shard_file(self, shard: dict) -> Path:
+        """The shard's path, after checking it is there with the size the manifest recorded."""
+        file = self.path / shard["file"]
+        if not file.is_file():
+            raise CaptureError(f"{file}: missing shard; capture the store again")
+        expected = shard.get("bytes")  # stores written before sizes were recorded have none
+        if expected is not None and file.stat().st_size != expected:
+            raise CaptureError(f"{file}: unreadable shard ({file.stat().st_size} bytes, the manifest says "
+                               f"{expected}: truncated or overwritten); capture the store again")
+        return file
+
+    def verify(self) -> None:
+        """Cheap integrity check (every shard present, with its recorded size); raises CaptureError."""
+        for shard in self.manifest["shards"]:
+            self._shard_file(shard)
 
     @property
     def sites(self) -> list[str]:
@@ -224,7 +291,7 @@ class ShardedActivations:
         if site not in self.sites:
             raise KeyError(f"site {site!r} not in this store (has {', '.join(self.sites)})")
         for shard in self.manifest["shards"]:
-            file = self.path / shard["file"]
+            file = self._shard_file(shard)
             try:
                 tensor = load_file(str(file))[site]
             except Exception as error:  # safetensors raises several types for a truncated file

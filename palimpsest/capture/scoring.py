@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from palimpsest.capture.activations import NonFiniteError
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import Item
@@ -76,6 +77,12 @@ def score_answers(
         with torch.inference_mode(), (context(batch) if context else nullcontext()):
             logits = model(**forward_kwargs(batch)).logits
         lps, ranks, tops = answer_token_logprobs(logits, batch)
+        broken = sum(bool(torch.isnan(lp).any()) for lp in lps)
+        if broken:  # NaN (or +inf) logits: an accuracy of 0 here would read as "forgotten"
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            raise NonFiniteError(f"{name}: non-finite (NaN/inf) logits on {broken} of {len(lps)} answers; the "
+                                 "checkpoint is broken or its dtype overflows: load it in float32 (--dtype float32) "
+                                 "or check the weights")
         for lp, rank, top in zip(lps, ranks, tops):
             mean_lp.append(float(lp.mean()))
             first_lp.append(float(lp[0]))

@@ -54,9 +54,45 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return table[dtype]
 
 
+def _brief(error: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line (transformers' messages span lines), cut to `limit` characters."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
+
+
+def _check_config(path: Path) -> None:
+    """config.json must parse, and must not need code shipped with the checkpoint (trust_remote_code stays off)."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ModelLoadError(f"{path / 'config.json'}: not valid JSON ({_brief(error, 80)}); the file is truncated "
+                             "or damaged: re-download or re-save the model") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'}: not a model config (a JSON object); re-download the model")
+    model_type = config.get("model_type")
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        entry = next(iter(config["auto_map"].values())) if isinstance(config["auto_map"], dict) else config["auto_map"]
+        raise ModelLoadError(
+            f"{path}: model type {model_type!r} needs custom code shipped with the checkpoint ({entry}); palimpsest "
+            "never runs checkpoint code (trust_remote_code stays off): use an architecture transformers knows"
+        )
+
+
 def _check_local_dir(path: Path, allow_pickle: bool) -> None:
+    try:
+        _check_local_files(path, allow_pickle)
+    except OSError as error:  # permissions, a dead mount, a broken link...
+        raise ModelLoadError(f"{path}: cannot read the model directory ({error.strerror or _brief(error, 80)}); "
+                             "check that it exists and that you may read it") from None
+
+
+def _check_local_files(path: Path, allow_pickle: bool) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path}: no config.json here; give a HF model directory, a .gguf file or a hub id")
+    _check_config(path)
     files = [p.name for p in path.iterdir()]
     has_safetensors = any(name.endswith(".safetensors") for name in files)
     pickled = [name for name in files if name.endswith(PICKLE_SUFFIXES) and name not in ("training_args.bin",)]
@@ -77,10 +113,12 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     except ImportError:
         raise ModelLoadError("loading a .gguf file needs the 'gguf' package: pip install gguf") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+                                                     trust_remote_code=False)
     except Exception as error:  # transformers raises many types here; the user needs one line
-        raise ModelLoadError(f"{path}: cannot load this GGUF file ({type(error).__name__}: {str(error)[:200]})") from None
+        raise ModelLoadError(f"{path}: cannot load this GGUF file ({_brief(error)}); the file may be truncated: "
+                             "download it again") from None
     # weights are dequantized; clearing this lets the model be saved and fine-tuned like any other
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
@@ -115,9 +153,9 @@ def load_model(
         if not path.is_file():
             raise ModelLoadError(f"{path}: GGUF file not found")
         model, tokenizer = _load_gguf(path, torch_dtype)
-    elif path.exists() or text.startswith((".", "/", "~")) or os.sep in text and not _looks_like_hub_id(text):
+    elif _exists(path) or text.startswith((".", "/", "~")) or os.sep in text and not _looks_like_hub_id(text):
         if not path.exists():
-            raise ModelLoadError(f"{path}: model path does not exist")
+            raise ModelLoadError(f"{path}: model path does not exist; check the path (or give a hub id like org/name)")
         if not path.is_dir():
             raise ModelLoadError(f"{path}: not a model directory or .gguf file")
         _check_local_dir(path, allow_pickle)
@@ -128,7 +166,8 @@ def load_model(
                 device_map=device_map,
             )
         except Exception as error:  # one line for the user instead of a deep traceback
-            raise ModelLoadError(f"{path}: cannot load model ({type(error).__name__}: {str(error)[:200]})") from None
+            raise ModelLoadError(f"{path}: cannot load model ({_brief(error)}); a file may be truncated or damaged: "
+                                 "re-download or re-save the model") from None
     else:
         if not _looks_like_hub_id(text):
             raise ModelLoadError(f"{text!r}: not an existing path and not a hub id like 'org/name'")
@@ -141,13 +180,21 @@ def load_model(
         except Exception as error:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             hint = " (HF_HUB_OFFLINE=1 is set: download it first or give a local directory)" if offline else ""
-            raise ModelLoadError(f"{text}: cannot load from the hub{hint} ({type(error).__name__}: {str(error)[:160]})") from None
+            raise ModelLoadError(f"{text}: cannot load from the hub{hint} ({_brief(error, 160)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device_map is None:
         model = model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=str(source), name=name or "")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as error:  # e.g. a parent folder we may not enter
+        raise ModelLoadError(f"{path}: cannot read this path ({error.strerror or _brief(error, 80)}); check that "
+                             "you may read it") from None
 
 
 def _looks_like_hub_id(text: str) -> bool:

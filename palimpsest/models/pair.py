@@ -37,6 +37,17 @@ _CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "nu
 
 
 def check_compatible(a: LoadedModel, b: LoadedModel, names: tuple[str, str] = ("pre", "post")) -> None:
+    """Raise PairMismatchError naming the first difference and the fix (the message ends with what is expected)."""
+    try:
+        _compare(a, b, names)
+    except PairMismatchError as error:
+        role = "a model of the same family that never learned the concept" if names[1] == "floor" else \
+            f"{names[0]} after unlearning"
+        raise PairMismatchError(f"{error}; {names[1]} must be {role} (same architecture, config and tokenizer)") \
+            from None
+
+
+def _compare(a: LoadedModel, b: LoadedModel, names: tuple[str, str]) -> None:
     ca, cb = a.model.config, b.model.config
     if type(a.model).__name__ != type(b.model).__name__:
         raise PairMismatchError(

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from palimpsest.probes.vectors import (
+    VocabStats,
     all_value_vectors,
     answer_log_odds,
     compare_vectors,
-    concept_scores,
     concept_token_ids,
     random_picks,
     top_token_ids,
@@ -31,8 +31,9 @@ class ConceptVector:
 def find_concept_vectors(model: torch.nn.Module, token_ids: list[int], top_k: int) -> list[ConceptVector]:
     """The value vectors (over all layers) whose vocabulary projection promotes the concept tokens most."""
     found = []
+    stats = VocabStats.of(model)
     for layer, vectors in enumerate(all_value_vectors(model)):
-        scores = concept_scores(vocab_projection(model, vectors), token_ids)
+        scores = stats.concept_scores(vectors, token_ids)
         best = scores.topk(min(top_k, len(scores)))
         found += [ConceptVector(layer, int(i), float(s)) for s, i in zip(best.values, best.indices, strict=True)]
     return sorted(found, key=lambda v: -v.score)[:top_k]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -60,6 +61,38 @@ def concept_scores(projection: Float[Tensor, "k vocab"], token_ids: Sequence[int
     """
     z = (projection - projection.mean(1, keepdim=True)) / projection.std(1, keepdim=True).clamp(min=1e-8)
     return z[:, list(token_ids)].max(1).values
+
+
+@dataclass(frozen=True)
+class VocabStats:
+    """What the vocabulary z-scores of a projection need: the unembedding's column mean and Gram matrix."""
+
+    gain: Tensor | None
+    unembed: Tensor  # [vocab, d_model], float64 (sum-of-squares below cancels in float32)
+    column_mean: Tensor
+    gram: Tensor
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> VocabStats:
+        readout = Readout.of(model)
+        unembed = readout.unembed.weight.detach().double().cpu()
+        gain = getattr(readout.norm, "weight", None)
+        return cls(gain.detach().double().cpu() if gain is not None else None, unembed, unembed.mean(0),
+                   unembed.T @ unembed)
+
+    def concept_scores(self, vectors: Float[Tensor, "k d_model"], token_ids: Sequence[int]) -> Float[Tensor, " k"]:
+        """`concept_scores(vocab_projection(model, vectors), token_ids)` without the [k, vocab] projection.
+
+        Each projection's vocabulary mean and (unbiased) std follow from the column mean and Gram matrix, so a real
+        model's ~50k value vectors x ~50k tokens never materialise (O(d^2) per vector instead of O(V d)).
+        """
+        scaled = vectors.double() * self.gain if self.gain is not None else vectors.double()
+        n_vocab = self.unembed.shape[0]
+        mean = scaled @ self.column_mean
+        sum_sq = ((scaled @ self.gram) * scaled).sum(1)
+        std = ((sum_sq - n_vocab * mean**2).clamp(min=0) / (n_vocab - 1)).sqrt().clamp(min=1e-8)
+        picked = scaled @ self.unembed[list(token_ids)].T
+        return ((picked - mean[:, None]) / std[:, None]).max(1).values.float()
 
 
 def top_token_ids(projection: Float[Tensor, " vocab"], n: int) -> list[int]:

@@ -36,13 +36,35 @@ def _corpus(model, corpus_file: Path | None, concept_file: Path | None, n_genera
     return texts
 
 
+def _store_ok(store_dir: Path) -> bool:
+    """True when a finished activation store is there and intact; a damaged one is removed (and said so)."""
+    from palimpsest.capture import CaptureError, ShardedActivations
+
+    if not store_dir.exists():
+        return False
+    try:
+        ShardedActivations(store_dir).verify()
+        return True
+    except CaptureError as error:
+        typer.echo(f"warning: {str(error).splitlines()[0]}: capturing the activations again", err=True)
+        shutil.rmtree(store_dir, ignore_errors=True)
+        return False
+
+
 def train_command(model: str, site: str, out: Path, *, corpus: Path | None = None, concept: Path | None = None,
                   architecture: str = "topk", expansion: int = 8, k: int = 8, tokens: int = 200_000,
                   batch_size: int = 256, n_generated: int = 256, resume: bool = True, device: str = "cpu",
                   n_checkpoints: int = 10, seed: int = 0) -> Path:
     """Capture activations to shards (once), train with checkpoints (resumed when present), save in sae-lens's
     format with quality.json next to it. Work files live in `.<out>.work/` beside `out` until the end."""
-    from palimpsest.capture import ShardedActivations, SiteError, capture_to_disk, resolve
+    from palimpsest.capture import (
+        CaptureError,
+        NonFiniteError,
+        ShardedActivations,
+        SiteError,
+        capture_to_disk,
+        resolve,
+    )
     from palimpsest.concepts import ConceptError
     from palimpsest.models import ModelLoadError, load_model
     from palimpsest.sae.config import SAEConfig
@@ -70,7 +92,7 @@ def train_command(model: str, site: str, out: Path, *, corpus: Path | None = Non
 
             atomic_write_text(corpus_path, json.dumps(texts))
         store_dir = work / "activations"
-        if not (store_dir / "manifest.json").is_file():
+        if not _store_ok(store_dir):
             from rich.progress import Progress
 
             with Progress(transient=True) as bar:
@@ -95,6 +117,8 @@ def train_command(model: str, site: str, out: Path, *, corpus: Path | None = Non
         return Path(out)
     except (SAEError, ModelLoadError, SiteError, ConceptError, ValueError) as error:
         _fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    except CaptureError as error:  # NaN/inf activations are the model's fault (2); out of memory at batch 1 is not
+        _fail(str(error).strip().splitlines()[0], 2 if isinstance(error, NonFiniteError) else 1)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import warnings
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from palimpsest.sae.config import ARCHITECTURES, SAEConfig
 from palimpsest.sae.data import corpus_activations, tensor_batches
 
 _MEMO: dict[str, tuple[object, dict]] = {}  # cache key -> (SAE, quality): one load per process
+WEIGHTS = "sae_weights.safetensors"
 
 
 class SAEError(ValueError):
@@ -76,12 +79,18 @@ def build_training_sae(d_in: int, config: SAEConfig):
     return sae_cls.from_dict(cfg_cls(**fields).to_dict())
 
 
-def _latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+def _checkpoints(checkpoint_dir: Path | None) -> list[Path]:
+    """sae-lens checkpoint folders, newest first."""
     if checkpoint_dir is None or not checkpoint_dir.is_dir():
-        return None
-    done = [p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.isdigit()
-            and (p / "trainer_state.pt").is_file() and (p / "sae_weights.safetensors").is_file()]
-    return max(done, key=lambda p: int(p.name)) if done else None
+        return []
+    found = [p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found, key=lambda p: -int(p.name))
+
+
+def _latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    done = [p for p in _checkpoints(checkpoint_dir)
+            if (p / "trainer_state.pt").is_file() and (p / "sae_weights.safetensors").is_file()]
+    return done[0] if done else None
 
 
 def train_sae(batches: Iterator[Float[Tensor, "batch d"]], d_in: int, config: SAEConfig, *, device: str = "cpu",
@@ -96,7 +105,6 @@ def train_sae(batches: Iterator[Float[Tensor, "batch d"]], d_in: int, config: SA
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    sae = build_training_sae(d_in, config)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=config.total_tokens, train_batch_size_samples=config.batch_size, lr=config.lr,
         lr_end=config.lr_end, lr_scheduler_name=config.lr_scheduler, lr_warm_up_steps=config.lr_warm_up_steps,
@@ -105,12 +113,21 @@ def train_sae(batches: Iterator[Float[Tensor, "batch d"]], d_in: int, config: SA
         logger=LoggingConfig(log_to_wandb=False), dead_feature_window=max(50, config.total_tokens // config.batch_size // 4),
         feature_sampling_window=10**9,  # one sparsity window over the whole run: L0 and dead counts cover all of it
         n_batches_for_norm_estimate=20)
+    sae = build_training_sae(d_in, config)
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
-    latest = _latest_checkpoint(checkpoint_dir)
-    if latest is not None:
-        sae.load_state_dict(load_file(str(latest / "sae_weights.safetensors")))
-        trainer.load_trainer_state(latest)
+    for checkpoint in _checkpoints(checkpoint_dir):
+        try:  # a crash while sae-lens wrote a checkpoint leaves a truncated one: never resume from it
+            sae.load_state_dict(load_file(str(checkpoint / "sae_weights.safetensors")))
+            trainer.load_trainer_state(checkpoint)
+        except Exception as error:  # noqa: BLE001 — safetensors, torch.load and json each raise their own
+            warnings.warn(f"{checkpoint}: damaged SAE checkpoint ({type(error).__name__}); removed it, resuming "
+                          "from an older one (or from the start)", RuntimeWarning, stacklevel=2)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            sae = build_training_sae(d_in, config)  # nothing half-loaded carries over
+            trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+            continue
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+        break
     import sae_lens.training.sae_trainer as trainer_module
 
     quiet = nullcontext() if progress else mock.patch.object(trainer_module, "tqdm",
@@ -125,10 +142,45 @@ def load_sae(path: str | Path, device: str = "cpu"):
     from sae_lens import SAE
 
     path = Path(path)
-    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-        raise SAEError(f"{path}: not a saved SAE (needs cfg.json and sae_weights.safetensors); train one with "
+    if not (path / "cfg.json").is_file() or not (path / WEIGHTS).is_file():
+        raise SAEError(f"{path}: not a saved SAE (needs cfg.json and {WEIGHTS}); train one with "
                        "`palimpsest sae train`")
-    return SAE.load_from_disk(str(path), device=device)
+    try:
+        return SAE.load_from_disk(str(path), device=device)
+    except Exception as error:  # noqa: BLE001 — a truncated file raises safetensors', json's or torch's own type
+        raise SAEError(f"{path}: cannot load the SAE ({type(error).__name__}: {' '.join(str(error).split())[:120]}); "
+                       "its files are damaged or truncated: train it again") from None
+
+
+
+def _fingerprint(file: Path) -> dict:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": file.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def cache_problem(folder: str | Path) -> str | None:
+    """None when `folder` holds a complete saved SAE whose weights match the fingerprint recorded at save time;
+    otherwise what is wrong (a crash, a full disk or a copy can truncate a file after the atomic save)."""
+    folder = Path(folder)
+    for name in ("cfg.json", WEIGHTS, "quality.json", "palimpsest.json"):
+        if not (folder / name).is_file():
+            return f"no {name}"
+    try:
+        json.loads((folder / "quality.json").read_text())
+        meta = json.loads((folder / "palimpsest.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable quality.json or palimpsest.json ({type(error).__name__})"
+    recorded = meta.get("weights") if isinstance(meta, dict) else None
+    if recorded:  # SAEs saved before fingerprints were recorded are checked by loading them
+        size = (folder / WEIGHTS).stat().st_size
+        if size != recorded.get("bytes"):
+            return f"{WEIGHTS} has {size} bytes, {recorded.get('bytes')} were saved"
+        if _fingerprint(folder / WEIGHTS)["sha256"] != recorded.get("sha256"):
+            return f"{WEIGHTS} does not match the hash recorded when it was saved"
+    return None
 
 
 def save_sae(training_sae, path: str | Path, meta: dict, quality_fn=None) -> tuple[object, dict]:
@@ -141,6 +193,7 @@ def save_sae(training_sae, path: str | Path, meta: dict, quality_fn=None) -> tup
         sae = load_sae(tmp)
         quality = quality_fn(sae) if quality_fn else {}
         atomic_write_text(Path(tmp) / "quality.json", json.dumps(quality, indent=1, default=float))
+        meta = {**meta, "weights": _fingerprint(Path(tmp) / WEIGHTS)}  # lets a later load detect a damaged file
         atomic_write_text(Path(tmp) / "palimpsest.json", json.dumps(meta, indent=1, default=str))
     return sae, quality
 
@@ -159,16 +212,34 @@ def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig 
     if key in _MEMO:
         return _MEMO[key]
     folder = cache_root(cache_dir) / "sae" / key
-    if not (folder / "quality.json").is_file():
-        acts = corpus_activations(model.model, model.tokenizer, site, corpus, batch_size=batch_size)
-        device = str(model.device)
-        training_sae, trainer = train_sae(tensor_batches(acts.to(device), config.batch_size, seed=config.seed),
-                                          acts.shape[-1], config, device=device, progress=progress)
-        meta = {"site": site, "model": model.source, "model_hash": model_hash(model.model),
-                "corpus_hash": corpus_hash(corpus), "n_texts": len(corpus), "n_tokens": int(acts.shape[0]),
-                "config": config.model_dump(mode="json")}
-        save_sae(training_sae, folder, meta, lambda sae: sae_quality(sae, acts, model, site, corpus, trainer=trainer))
+    cached = _load_cached(folder, str(model.device))
+    if cached is not None:
+        _MEMO[key] = cached
+        return cached
+    # nothing usable is cached: train (again)
+    acts = corpus_activations(model.model, model.tokenizer, site, corpus, batch_size=batch_size)
+    device = str(model.device)
+    training_sae, trainer = train_sae(tensor_batches(acts.to(device), config.batch_size, seed=config.seed),
+                                      acts.shape[-1], config, device=device, progress=progress)
+    meta = {"site": site, "model": model.source, "model_hash": model_hash(model.model),
+            "corpus_hash": corpus_hash(corpus), "n_texts": len(corpus), "n_tokens": int(acts.shape[0]),
+            "config": config.model_dump(mode="json")}
+    save_sae(training_sae, folder, meta, lambda sae: sae_quality(sae, acts, model, site, corpus, trainer=trainer))
     sae = load_sae(folder, device=str(model.device))
     quality = json.loads((folder / "quality.json").read_text())
     _MEMO[key] = (sae, quality)
     return sae, quality
+
+
+def _load_cached(folder: Path, device: str) -> tuple[object, dict] | None:
+    """(SAE, quality) from a sound cache folder; None when there is none, with a warning when one was damaged."""
+    if not folder.exists():
+        return None
+    problem = cache_problem(folder)
+    if problem is None:
+        try:
+            return load_sae(folder, device=device), json.loads((folder / "quality.json").read_text())
+        except SAEError as error:
+            problem = str(error)
+    warnings.warn(f"{folder}: damaged SAE cache ({problem}); training it again", RuntimeWarning, stacklevel=3)
+    return None

