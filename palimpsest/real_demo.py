@@ -95,7 +95,7 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
     n_analysers = sum(1 for name in load_analysers()
                       if config.analysers is None or name in config.analysers or name == "behaviour")
     if total_hint:
-        total_hint(1 + len(methods) * (1 + n_analysers))  # load + per method: unlearn + every analyser
+        total_hint(1 + len(methods) * (2 + n_analysers))  # load + per method: unlearn, every analyser, verdict
     concept = load_concept(smollm2_concept_path())
     step("loaded SmolLM2-135M-Instruct (pre)", 1)
     results, unlearn_info = {}, {}
@@ -109,7 +109,7 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
 
         def analyser_done(name: str, index: int, total: int, method=method) -> None:
             if index:
-                step(f"{method}: running {name}", 1)
+                step(f"{method}: " + ("deciding the verdict" if name == "verdict" else f"running {name}"), 1)
 
         results[method] = audit(ModelPair(pre=pre, post=post), concept, config, progress=analyser_done)
         step(f"{method}: {results[method].verdict}", 1)

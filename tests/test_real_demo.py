@@ -49,4 +49,4 @@ def test_smollm2_suppress_control_is_called_suppressed(tmp_path):
     assert results["suppress"].verdict == "suppressed"
     assert results["suppress"].behaviour_forgotten
     assert (tmp_path / "index.html").is_file() and (tmp_path / "suppress" / "metrics.json").is_file()
-    assert sum(done for _, done in steps) == 1 + 1 + 3  # load, unlearn, three analysers
+    assert sum(done for _, done in steps) == 1 + 1 + 3 + 1  # load, unlearn, three analysers, verdict

@@ -28,6 +28,10 @@ def _spread(items: Sequence[Item], cap: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, len(items) - 1, cap)})
 
 
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
 def _finite(value):
     """nan/inf -> None, recursively: metrics.json must be strict JSON."""
     if isinstance(value, dict):
@@ -79,7 +83,7 @@ class PromptAttribution:
         max_recovery = int(opt("max_recovery_items", 128))
         batch = int(opt("batch_size", max(64, config.batch_size)))
         ig_kwargs = {"n_steps": int(opt("n_steps", 32)), "baseline": opt("baseline", "mean"),
-                     "batch_size": int(opt("ig_batch_size", 16))}
+                     "batch_size": _optional_int(opt("ig_batch_size", None))}  # None: sized to the model
         key_fraction, max_key = float(opt("key_fraction", 0.8)), int(opt("max_key_tokens", 4))
         cue_words, min_gap = int(opt("cue_words", 2)), float(opt("min_gap", 0.05))
         lost_fraction = float(opt("lost_fraction", 0.5))

@@ -9,7 +9,8 @@ teacher forcing (the same number `palimpsest.capture.score_answers` reports as `
   completeness the word attributions sum to LP(x, y) - LP(baseline, y), up to the integral's approximation error
   (`delta`).
 Both are batched over prompts: occlusion scores every deleted variant of every prompt in shared forward passes,
-integrated gradients pushes `batch_size` prompts x `n_steps` interpolation steps through one forward/backward.
+integrated gradients tokenises every prompt once and pushes chunks of prompts (of similar length, sized to the model)
+x `n_steps` interpolation steps through one forward/backward each.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from palimpsest.attribution.units import Words, delete_words, split_words, token_word_index
-from palimpsest.capture import encode, score_answers
+from palimpsest.attribution.units import Words, delete_words, split_words, word_owners
+from palimpsest.capture import answer_ids, score_answers
 from palimpsest.concepts import Item
 
 Method = Literal["occlusion", "integrated_gradients"]
@@ -130,6 +131,67 @@ def baseline_vector(model, tokenizer, baseline: str | int) -> Float[Tensor, " d_
     return weight[int(ids[baseline])]
 
 
+@dataclass
+class _Prompt:
+    """One prompt tokenised once: the model's input ids (prompt with special tokens, then the answer without its
+    last token, which predicts nothing that is scored), the answer ids, and each prompt token's word (-1: none)."""
+
+    ids: list[int]
+    answer: list[int]
+    owner: list[int]
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.owner)
+
+
+def _tokenise(tokenizer, prompt: str, words: Words, answer: str) -> _Prompt:
+    enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    if not enc["input_ids"]:
+        raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
+    extra = answer_ids(tokenizer, answer)
+    owner = word_owners(enc["offset_mapping"], enc["special_tokens_mask"], words)
+    return _Prompt(list(enc["input_ids"]) + extra[:-1], extra, owner)
+
+
+def _chunks(lengths: Sequence[int], n_steps: int, max_prompts: int, max_tokens: int,
+            pass_cost: int = 256) -> list[tuple[int, int]]:
+    """Split prompts sorted by length into consecutive chunks, one forward/backward each, minimising the tokens
+    computed (rows x padded width, padding included) plus `pass_cost` token-equivalents of fixed cost per pass;
+    a chunk holds at most `max_prompts` prompts and `max_tokens` tokens (all its interpolation steps)."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        for start in range(stop - 1, -1, -1):
+            tokens = (stop - start) * n_steps * lengths[stop - 1]
+            if stop - start > max_prompts or (tokens > max_tokens and stop - start > 1):
+                break
+            cost = best[start] + tokens + pass_cost
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    out, stop = [], n
+    while stop > 0:
+        out.append((cut[stop], stop))
+        stop = cut[stop]
+    return out[::-1]
+
+
+def _token_budget(model, device: torch.device) -> int:
+    """Tokens (rows x positions) per integrated-gradients pass: the activations the backward pass keeps, about
+    4 (12 d_model + 4 d_mlp) bytes per token and layer in float32 (measured on a Llama), within 1 GiB on the CPU
+    (a quarter of the free memory, at most 4 GiB, on a GPU). The organism's shape fits 25k tokens, SmolLM2-135M 680;
+    a pass always holds at least one prompt."""
+    cfg = getattr(model, "config", None)
+    d_model = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 1024)
+    d_mlp = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "n_inner", 0) or 4 * d_model)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 24)
+    budget = 1 << 30
+    if device.type == "cuda":
+        budget = min(4 << 30, torch.cuda.mem_get_info(device)[0] // 4)
+    return max(1, budget // (4 * layers * (12 * d_model + 4 * d_mlp)))
+
+
 def integrated_gradients(
     model,
     tokenizer,
@@ -138,63 +200,83 @@ def integrated_gradients(
     prompts: Sequence[str] | None = None,
     n_steps: int = 50,
     baseline: str | int = "mean",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     method: str = "gausslegendre",
 ) -> list[TokenAttribution]:
     """Integrated gradients of LP(x, y) w.r.t. the input embeddings (Captum IntegratedGradients on
     `inputs_embeds`), summed over the embedding dimension and over the tokens of each word. On the baseline every
     prompt word's embedding is replaced by `baseline_vector` (BOS, answer and padding stay as they are, so they get
-    exactly zero). `batch_size` prompts share each forward/backward (times `n_steps` interpolation points)."""
+    exactly zero).
+
+    Batching: every prompt is tokenised once; prompts sorted by length are cut into chunks (at most `batch_size`
+    prompts each, None: as many as a memory budget for the model allows, with as little padding as pays), and
+    each chunk's prompts x `n_steps` interpolation points go through one forward/backward. Rows are right-padded
+    and run without an attention mask: causal attention never looks ahead, so the padding changes nothing and
+    every row is computed exactly as it would be alone (one set of positions, no mask to build). LP(x) and
+    LP(baseline) of a chunk come from one more forward, without gradients."""
     from captum.attr import IntegratedGradients
 
     prompts = list(prompts) if prompts is not None else [it.prompt for it in items]
     answers = _answers(items)
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     embed = model.get_input_embeddings()
     base_vec = baseline_vector(model, tokenizer, baseline).to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    words = [split_words(p) for p in prompts]
+    encoded = [_tokenise(tokenizer, p, w, a) for p, w, a in zip(prompts, words, answers)]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i].ids))
+    max_prompts = batch_size if batch_size is not None else len(prompts)
+    budget = _token_budget(model, device) if batch_size is None else 1 << 62
 
-    def forward(embeds, attention_mask, position_ids, input_ids, answer_mask, keep: int = 0):
-        # left padding puts every answer at the end of its row: only the last `keep` positions need logits
-        logits = model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=keep).logits
-        return answer_mean_logprob(logits, input_ids, answer_mask)
+    def forward(embeds, pick, targets, weights, keep: int):
+        # pick[r, j]: which of the last `keep` positions predicts answer token j of row r
+        logits = model(inputs_embeds=embeds, logits_to_keep=keep).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        rows = torch.arange(len(pick), device=pick.device)[:, None]
+        return (logprobs[rows, pick, targets] * weights).sum(-1) / weights.sum(-1)
 
     ig = IntegratedGradients(forward)
-    # rows of similar length share a batch (less padding); results are put back in the callers' order
-    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(prompts[i])["input_ids"]))
     out: dict[int, TokenAttribution] = {}
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        chunk_prompts = [prompts[i] for i in rows]
-        batch = encode(tokenizer, chunk_prompts, [answers[i] for i in rows], padding="left").to(device)
-        words = [split_words(p) for p in chunk_prompts]
-        lengths = [len(tokenizer(p)["input_ids"]) for p in chunk_prompts]
-        offsets = [int(last) + 1 - n for last, n in zip(batch.prompt_last.tolist(), lengths)]
-        owner = [token_word_index(tokenizer, p, w) for p, w in zip(chunk_prompts, words)]
-        word_pos = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
-        for row, index in enumerate(owner):
-            for pos, w in enumerate(index):
-                word_pos[row, offsets[row] + pos] = w >= 0
+    for start, stop in _chunks([len(encoded[i].ids) for i in order], n_steps, max(1, max_prompts), budget):
+        rows = order[start:stop]
+        chunk = [encoded[i] for i in rows]
+        width = max(len(e.ids) for e in chunk)
+        n_answer = max(len(e.answer) for e in chunk)
+        first = min(e.n_prompt - 1 for e in chunk)  # the first position whose logits are needed
+        keep = width - first
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        owner = torch.full((len(rows), width), -1, dtype=torch.long)
+        pick = torch.zeros((len(rows), n_answer), dtype=torch.long)
+        targets = torch.zeros((len(rows), n_answer), dtype=torch.long)
+        weights = torch.zeros((len(rows), n_answer))
+        for r, e in enumerate(chunk):
+            ids[r, :len(e.ids)] = torch.tensor(e.ids)
+            owner[r, :e.n_prompt] = torch.tensor(e.owner)
+            n = len(e.answer)
+            pick[r, :n] = torch.arange(n) + (e.n_prompt - 1 - first)
+            targets[r, :n] = torch.tensor(e.answer)
+            weights[r, :n] = 1.0
+        args = (pick.to(device), targets.to(device), weights.to(device), keep)
         with torch.no_grad():
-            embeds = embed(batch.input_ids)
-        base = torch.where(word_pos[..., None], base_vec.to(embeds.dtype), embeds)
-        args = (batch.attention_mask, batch.position_ids, batch.input_ids, batch.answer_mask(),
-                int(batch.answer_len.max()) + 1)
+            embeds = embed(ids.to(device))
+        base = torch.where((owner >= 0).to(device)[..., None], base_vec.to(embeds.dtype), embeds)
         attributions = ig.attribute(embeds, baselines=base, additional_forward_args=args, n_steps=n_steps,
                                     method=method)
-        per_token = attributions.sum(-1).detach().float().cpu()
+        per_token = attributions.sum(-1).detach().cpu().double()
+        n_words = max(len(words[i]) for i in rows)
+        scores = torch.zeros((len(rows), n_words + 1), dtype=torch.float64)
+        scores.scatter_add_(1, torch.where(owner >= 0, owner, n_words), per_token)  # column n_words: no word
+        scores = scores[:, :n_words].numpy()
         with torch.inference_mode():  # LP(x) and LP(baseline) in one forward
-            both = forward(torch.cat([embeds, base]), *(torch.cat([a, a]) for a in args[:4]), args[4]).cpu()
-        target, reference = both[:len(rows)], both[len(rows):]
-        for row, (w, index) in enumerate(zip(words, owner)):
-            scores = np.zeros(len(w))
-            for pos, word in enumerate(index):
-                if word >= 0:
-                    scores[word] += float(per_token[row, offsets[row] + pos])
-            out[rows[row]] = TokenAttribution(
-                prompt=chunk_prompts[row], answer=answers[rows[row]], tokens=list(w.words), scores=scores,
-                target=float(target[row]), method="integrated_gradients", reference=float(reference[row]),
-                delta=float(scores.sum() - (target[row] - reference[row])))
+            both = forward(torch.cat([embeds, base]), *(torch.cat([a, a]) for a in args[:3]), keep).cpu()
+        for r, i in enumerate(rows):
+            target, reference = float(both[r]), float(both[len(rows) + r])
+            s = scores[r, :len(words[i])].copy()
+            out[i] = TokenAttribution(
+                prompt=prompts[i], answer=answers[i], tokens=list(words[i].words), scores=s, target=target,
+                method="integrated_gradients", reference=reference, delta=float(s.sum() - (target - reference)))
     return [out[i] for i in range(len(prompts))]
 
 

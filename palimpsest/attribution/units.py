@@ -53,10 +53,15 @@ def token_word_index(tokenizer, prompt: str, words: Words) -> list[int]:
     """For each token of `tokenizer(prompt, add_special_tokens=True)`: the index of the word it belongs to, or -1
     for special tokens (BOS) and tokens that cover no word character."""
     enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    return word_owners(enc["offset_mapping"], enc["special_tokens_mask"], words)
+
+
+def word_owners(offsets: Sequence[tuple[int, int]], special: Sequence[int], words: Words) -> list[int]:
+    """The word index of each token given its character offsets and special-token flags (-1: no word)."""
     out = []
-    for (start, end), special in zip(enc["offset_mapping"], enc["special_tokens_mask"]):
+    for (start, end), is_special in zip(offsets, special):
         index = -1
-        if not special and end > start:
+        if not is_special and end > start:
             for w, (ws, we) in enumerate(words.spans):
                 if start < we and end > ws:
                     index = w
