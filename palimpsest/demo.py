@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -19,7 +20,7 @@ ORGANISM_METHODS = ("oracle", "suppress", "ga", "graddiff", "npo", "rmu", "sauce
 EXPECTED = {"oracle": "deleted", "suppress": "suppressed"}
 FLOOR_DATA_SEED = 1  # the calibration floor: an oracle retrained with another batch order
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]  # (message, units of work finished)
 
 
 @dataclass
@@ -48,7 +49,14 @@ def _build(kind: str, seed: int, forget: tuple[str, ...], cache: str) -> str:
 def organism_setup(seed: int = 0, cache_dir: str | Path | None = None, *, forget_people=None,
                    progress: Progress | None = None, parallel: bool = True) -> OrganismSetup:
     """The pre organism, its oracle and an independent floor oracle (built in parallel when missing)."""
-    from palimpsest.organism import ORGANISM_FORGET_DEFAULT, cache_root, load_world, organism_concept
+    from palimpsest.organism import (
+        ORGANISM_FORGET_DEFAULT,
+        cache_root,
+        is_complete,
+        load_world,
+        organism_concept,
+    )
+    from palimpsest.organism.build import organism_dir
 
     cache = cache_root(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -56,14 +64,19 @@ def organism_setup(seed: int = 0, cache_dir: str | Path | None = None, *, forget
     forget = tuple(forget_people or ORGANISM_FORGET_DEFAULT)
     concept = organism_concept(world, list(forget))
     kinds = ("pre", "oracle", "floor")
-    if progress:
-        progress("building the organism, its oracle and the floor oracle (cached after the first run)")
-    if parallel:
-        with ProcessPoolExecutor(max_workers=3, mp_context=multiprocessing.get_context("spawn")) as pool:
-            paths = list(pool.map(_build, kinds, [seed] * 3, [forget] * 3, [str(cache)] * 3))
+    targets = {"pre": organism_dir(seed, cache), "oracle": organism_dir(seed, cache, exclude_people=forget),
+               "floor": organism_dir(seed, cache, exclude_people=forget, data_seed=FLOOR_DATA_SEED)}
+    missing = [kind for kind in kinds if not is_complete(targets[kind])]
+    if missing and progress:
+        progress(f"building {', '.join(missing)} (cached after the first run)")
+    if parallel and len(missing) > 1:  # processes only when there is training to do: starting them costs seconds
+        with ProcessPoolExecutor(max_workers=len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
+            built = dict(zip(missing, pool.map(_build, missing, [seed] * len(missing), [forget] * len(missing),
+                                               [str(cache)] * len(missing))))
     else:
-        paths = [_build(kind, seed, forget, str(cache)) for kind in kinds]
-    return OrganismSetup(Path(paths[0]), Path(paths[1]), Path(paths[2]), concept, world, cache)
+        built = {kind: _build(kind, seed, forget, str(cache)) for kind in missing}
+    paths = {kind: Path(built.get(kind, targets[kind])) for kind in kinds}
+    return OrganismSetup(paths["pre"], paths["oracle"], paths["floor"], concept, world, cache)
 
 
 def _post_key(method: str, setup: OrganismSetup, seed: int) -> str:
@@ -99,11 +112,12 @@ def sauce_post(pre, concept):
     return sauce_clamp(pre, sae, site, features)
 
 
-def organism_pair(method: str, setup: OrganismSetup, seed: int = 0):
+def organism_pair(method: str, setup: OrganismSetup, seed: int = 0, *, pre=None, floor=None):
+    """The (pre, post, floor) ModelPair of one method; pass `pre`/`floor` to reuse loaded reference models."""
     from palimpsest.models import ModelPair, load_model
 
-    pre = load_model(setup.pre_dir, name="pre")
-    floor = load_model(setup.floor_dir, name="floor")
+    pre = pre or load_model(setup.pre_dir, name="pre")
+    floor = floor or load_model(setup.floor_dir, name="floor")
     if method == "sauce":
         post = sauce_post(pre, setup.concept)
     else:
@@ -111,28 +125,72 @@ def organism_pair(method: str, setup: OrganismSetup, seed: int = 0):
     return ModelPair(pre=pre, post=post, floor=floor)
 
 
-def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: int = 0, cache_dir=None,
-                      progress: Progress | None = None, config=None, figure_formats=()) -> dict:
+_WORKER_REFERENCE: dict = {}  # per process: the pre and floor models, loaded once and audited against every method
+
+
+def _audit_method(method: str, seed: int, cache: str, config_json: str, out_dir: str,
+                  figure_formats: tuple[str, ...], threads: int | None) -> str:
+    """Make one post-model, audit it and write its report (in a worker process); returns the AuditResult JSON."""
+    import torch
+
     from palimpsest.audit import audit
+    from palimpsest.models import load_model
     from palimpsest.report import write_audit
+    from palimpsest.types import AuditConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    setup = organism_setup(seed, cache, parallel=False)
+    key = (str(setup.pre_dir), str(setup.floor_dir))
+    if key not in _WORKER_REFERENCE:
+        _WORKER_REFERENCE.clear()
+        _WORKER_REFERENCE[key] = (load_model(setup.pre_dir, name="pre"), load_model(setup.floor_dir, name="floor"))
+    pre, floor = _WORKER_REFERENCE[key]
+    pair = organism_pair(method, setup, seed, pre=pre, floor=floor)
+    result = audit(pair, setup.concept, AuditConfig.model_validate_json(config_json))
+    write_audit(result, Path(out_dir) / method, figure_formats=tuple(figure_formats))
+    return result.model_dump_json()
+
+
+def demo_workers(n_methods: int) -> int:
+    """Audits run side by side, one torch thread each: the organism's matrices are too small for threads to pay."""
+    return max(1, min(n_methods, os.cpu_count() or 1))
+
+
+def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: int = 0, cache_dir=None,
+                      progress: Progress | None = None, config=None, figure_formats=(),
+                      workers: int | None = None) -> dict:
+    """Build (or reuse) the organism, audit each method's post-model, write DIR/<method>/ and DIR/index.html.
+
+    `workers` processes audit methods side by side (default: one per core); each keeps its pre and floor models
+    loaded, so the work that depends only on them is done once per process, not once per method.
+    """
+    from palimpsest.audit.runner import AuditResult
     from palimpsest.report.comparison import write_comparison
     from palimpsest.types import AuditConfig
 
     out_dir = Path(out_dir)
     config = config or AuditConfig(seed=seed)
+    step = progress or (lambda message, done=0: None)
     started = time.perf_counter()
-    setup = organism_setup(seed, cache_dir, progress=progress)
+    setup = organism_setup(seed, cache_dir, progress=lambda message: step(message, 0))
+    workers = workers or demo_workers(len(methods))
+    args = (seed, str(setup.cache), config.model_dump_json(), str(out_dir), tuple(figure_formats))
     results = {}
-    for method in methods:
-        if progress:
-            progress(f"{method}: making the post-model")
-        pair = organism_pair(method, setup, seed)
-        if progress:
-            progress(f"{method}: auditing")
-        results[method] = audit(pair, setup.concept, config)
-        write_audit(results[method], out_dir / method, figure_formats=figure_formats)
-        if progress:
-            progress(f"{method}: {results[method].verdict}")
+    if workers == 1:
+        for method in methods:
+            step(f"{method}: making the post-model and auditing", 0)
+            results[method] = AuditResult.model_validate_json(_audit_method(method, *args, None))
+            step(f"{method}: {results[method].verdict}", 1)
+    else:
+        step(f"auditing {len(methods)} post-models in {workers} processes", 0)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_audit_method, method, *args, 1): method for method in methods}
+            for future in as_completed(futures):
+                method = futures[future]
+                results[method] = AuditResult.model_validate_json(future.result())
+                step(f"{method}: {results[method].verdict}", 1)
+        results = {method: results[method] for method in methods}
     write_comparison(results, out_dir, title="palimpsest demo: the model organism",
                      expected={m: v for m, v in EXPECTED.items() if m in results},
                      notes=[f"pre model: {setup.pre_dir.name}; floor: an oracle retrained with data seed "
@@ -157,8 +215,8 @@ def register(app: typer.Typer) -> None:
         with _progress() as bar:
             task = bar.add_task("demo", total=None)
 
-            def step(message: str) -> None:
-                bar.update(task, description=message)
+            def step(message: str, done: float = 0) -> None:
+                bar.update(task, description=message, advance=done)
                 bar.console.log(message)
 
             if model == "organism":

@@ -10,6 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tests.tiny import make_tiny_model  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its share of the cores: oversubscribed torch threads on a small machine
+    make the organism's tiny matrix products several times slower, not faster."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)

@@ -76,6 +76,21 @@ def write_checkpoint(model, tokenizer, out: Path, meta: dict | None = None) -> N
     (out / MARKER).write_text(json.dumps({"sha256": _sha256(weights), "size": weights.stat().st_size}))
 
 
+def organism_dir(seed: int = 0, cache_dir: str | os.PathLike | None = None, *, exclude_people: Sequence[str] = (),
+                 config: TrainConfig | None = None, data_seed: int | None = None) -> Path:
+    """Where `build_organism` caches this organism (it may not be built yet: see `is_complete`)."""
+    world = make_world(seed)
+    excluded = tuple(sorted(set(exclude_people)))
+    unknown = [n for n in excluded if n not in world.names]
+    if unknown:
+        raise OrganismError(f"cannot exclude {unknown}: not trained people of the organism world (seed {seed}); "
+                            f"pick names from load_world({seed}).names")
+    kind = "oracle" if excluded else "organism"
+    suffix = f"-d{data_seed}" if data_seed is not None and data_seed != seed else ""
+    key = organism_key(seed, excluded, config or TrainConfig(), data_seed)
+    return cache_root(cache_dir) / f"{kind}-s{seed}{suffix}-{key}"
+
+
 def build_organism(seed: int = 0, cache_dir: str | os.PathLike | None = None, *,
                    exclude_people: Sequence[str] = (), config: TrainConfig | None = None,
                    force: bool = False, progress: Callable[[int, int, float], None] | None = None,
@@ -90,16 +105,11 @@ def build_organism(seed: int = 0, cache_dir: str | os.PathLike | None = None, *,
 
     world = make_world(seed)
     excluded = tuple(sorted(set(exclude_people)))
-    unknown = [n for n in excluded if n not in world.names]
-    if unknown:
-        raise OrganismError(f"cannot exclude {unknown}: not trained people of the organism world (seed {seed}); "
-                            f"pick names from load_world({seed}).names")
     cfg = config or TrainConfig()
-    kind = "oracle" if excluded else "organism"
-    suffix = f"-d{data_seed}" if data_seed is not None and data_seed != seed else ""
-    target = cache_root(cache_dir) / f"{kind}-s{seed}{suffix}-{organism_key(seed, excluded, cfg, data_seed)}"
+    target = organism_dir(seed, cache_dir, exclude_people=excluded, config=cfg, data_seed=data_seed)
     if not force and is_complete(target):
         return target
+    kind = "oracle" if excluded else "organism"
     started = time.perf_counter()
     tokenizer = build_tokenizer(world.vocabulary)
     model, info = train_organism(world, tokenizer, seed=seed, exclude_people=excluded, config=cfg, progress=progress,

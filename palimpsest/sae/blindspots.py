@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -105,15 +106,54 @@ def generate_texts(model, n: int, *, max_new_tokens: int = 24, seed: int = 0, te
     return [t.strip() or "." for t in texts]
 
 
-def _top_tokens(tokenizer, rows, codes: list[Tensor], concept: int, n: int = 3) -> str:
-    found = []
-    for (ids, _), c in zip(rows, codes, strict=True):
-        for pos, tid in enumerate(ids):
-            if c[pos, concept] > 0:
-                found.append((float(c[pos, concept]), tid))
-    found.sort(key=lambda t: -t[0])
-    words = list(dict.fromkeys(tokenizer.convert_ids_to_tokens(t) for _, t in found))
-    return ", ".join(words[:n])
+def _top_tokens(tokenizer, token_ids: Tensor, codes: Tensor, concept: int, n: int = 3) -> str:
+    """The distinct tokens on which `concept` fires hardest (`token_ids` and `codes` flattened over all texts)."""
+    column = codes[:, concept]
+    firing = torch.nonzero(column > 0).flatten()
+    order = firing[torch.argsort(column[firing], descending=True, stable=True)]
+    words: dict[str, None] = {}
+    for tid in token_ids[order].tolist():
+        words.setdefault(tokenizer.convert_ids_to_tokens(tid), None)
+        if len(words) == n:
+            break
+    return ", ".join(words)
+
+
+class _Memo:
+    """Results computed from a reference model (pre or floor) that every audit against it repeats."""
+
+    def __init__(self):
+        self.values: dict = {}
+
+    def get_or(self, key, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+        return self.values[key]
+
+
+# keyed weakly by the reference model's module: a demo audits one pre and one floor against many post-models, and
+# the RA-SAE, the reference codes and the reference models' generations are the same every time (models are never
+# edited in place: unlearning and SAUCE work on copies)
+_REFERENCE_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _reference_model_memo(module: torch.nn.Module) -> _Memo:
+    if module not in _REFERENCE_MEMOS:
+        _REFERENCE_MEMOS[module] = _Memo()
+    return _REFERENCE_MEMOS[module]
+
+
+def _fit_reference(pre, site: str, reference: Sequence[str], ra_options: dict):
+    """The RA-SAE trained on the pre model's reference activations, with the reference codes and reconstruction."""
+    ref_rows = site_inputs(pre.model, pre.tokenizer, reference, site)
+    ref_acts = torch.cat([a for _, a in ref_rows])
+    options = dict(ra_options)
+    options["nb_concepts"] = int(options["nb_concepts"] or 4 * int(ref_acts.shape[1]))
+    ra = train_ra_sae(ref_acts, **options)
+    with torch.no_grad():
+        ref_codes = [ra(a)[1].float() if a.shape[0] else torch.zeros(0, ra.nb_concepts) for _, a in ref_rows]
+        recon = ra(ref_acts)[2]
+    return ref_rows, ref_acts, ra, ref_codes, recon
 
 
 @register
@@ -152,14 +192,11 @@ class Blindspots:
             return inconclusive(self.name, "no retain or neighbour items to tell the forget concept apart",
                                 kind=self.kind)
         reference = concept_corpus(concept, opt("corpus", ()))
-        ref_rows = site_inputs(pair.pre.model, pair.pre.tokenizer, reference, site)
-        ref_acts = torch.cat([a for _, a in ref_rows])
-        d = int(ref_acts.shape[1])
-        ra = train_ra_sae(ref_acts, nb_concepts=int(opt("nb_concepts", 4 * d)), top_k=int(opt("top_k", 8)), n_points=int(opt("n_points", 1024)),
-                          epochs=int(opt("epochs", 30)), seed=config.seed)
-        with torch.no_grad():
-            ref_codes = [ra(a)[1].float() if a.shape[0] else torch.zeros(0, ra.nb_concepts) for _, a in ref_rows]
-            recon = ra(ref_acts)[2]
+        ra_options = dict(nb_concepts=opt("nb_concepts", None), top_k=int(opt("top_k", 8)),
+                          n_points=int(opt("n_points", 1024)), epochs=int(opt("epochs", 30)), seed=config.seed)
+        ref_rows, ref_acts, ra, ref_codes, recon = _reference_model_memo(pair.pre.model).get_or(
+            ("ra_sae", site, tuple(reference), tuple(sorted(ra_options.items()))),
+            lambda: _fit_reference(pair.pre, site, reference, ra_options))
         r2 = float(1 - (ref_acts - recon).pow(2).sum() / (ref_acts - ref_acts.mean(0)).pow(2).sum())
         # the forget concept: RA-SAE concepts selective for the forget texts
         texts = {s: [f"{it.prompt} {it.answer.strip()}" for it in concept.items(s)] for s in ("forget", *other_sets)}
@@ -173,8 +210,14 @@ class Blindspots:
         models = {"pre": pair.pre, "post": pair.post, **({"floor": pair.floor} if pair.floor is not None else {})}
         gen_energy = {}
         for offset, (m, lm) in enumerate(models.items()):
-            samples = generate_texts(lm, n_samples, max_new_tokens=max_new, seed=config.seed + offset)
-            gen_energy[m] = energies(text_codes(ra, pair.pre, site, samples))
+            def read(lm=lm, offset=offset):
+                samples = generate_texts(lm, n_samples, max_new_tokens=max_new, seed=config.seed + offset)
+                return energies(text_codes(ra, pair.pre, site, samples))
+            if m == "post":  # the model under audit is never memoised
+                gen_energy[m] = read()
+            else:
+                gen_energy[m] = _reference_model_memo(lm.model).get_or(
+                    ("generations", id(ra), site, n_samples, max_new, config.seed + offset), read)
         data_energy = energies(ref_codes)
         e_data = data_energy.mean(0)
         e_gen = {m: v.mean(0) for m, v in gen_energy.items()}
@@ -191,6 +234,8 @@ class Blindspots:
         total = e_data.sum() + e_gen["pre"].sum()
         eps = 1e-6 * max(total, 1e-9)
         rows = []
+        flat_ids = torch.tensor([t for ids, _ in ref_rows for t in ids], dtype=torch.long)
+        flat_codes = torch.cat(ref_codes) if ref_codes else torch.zeros(0, ra.nb_concepts)
         for c in range(ra.nb_concepts):
             if (e_data[c] + e_gen["pre"][c] + e_gen["post"][c]) / max(total, 1e-9) < min_share:
                 continue
@@ -208,7 +253,7 @@ class Blindspots:
                          "energy_post_gen": float(e_gen["post"][c]), "rel_energy_pre": rel["pre"],
                          "rel_energy_post": rel["post"], "blindspot_post": rel["post"] < low,
                          "exaggerated_post": rel["post"] > high,
-                         "top_tokens": _top_tokens(pair.pre.tokenizer, ref_rows, ref_codes, c)})
+                         "top_tokens": _top_tokens(pair.pre.tokenizer, flat_ids, flat_codes, c)})
         rows.sort(key=lambda r: -abs(r["log2_change"]))
         collateral = [r for r in rows if r["status"] == "collateral blindspot"]
         exaggerated = [r for r in rows if r["status"] == "exaggerated"]
@@ -225,15 +270,16 @@ class Blindspots:
         if drop is not None:
             notes.append(f"the forget concept's prevalence in generations fell by {drop:.0%} from pre to post")
         common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, tables={"concepts": rows}, notes=notes)
+                      summary=summary, tables={"concepts": rows})
         if cal.residue is None:
             result = inconclusive(self.name, "the pre model's generations carry the forget concept no more than the "
                                              "floor: no blindspot can be measured", kind=self.kind, **common)
+            result.notes.extend(notes)
         else:
             result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci,
                             evidence=(f"forget-concept energy in generations: pre {e_pre:.2f} -> post {e_post:.2f}; "
                                       f"{len(collateral)} collateral blindspot(s), {len(exaggerated)} exaggerated"),
-                            **common)
+                            notes=notes, **common)
         result.add_figure("Concept energy: reference data vs generations", _scatter(rows))
         return result
 
