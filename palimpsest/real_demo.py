@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -55,6 +57,21 @@ def demo_config(seed: int = 0, device: str = "cpu", n_layers: int = 30):
     return AuditConfig(seed=seed, device=device, batch_size=8, n_bootstrap=500, options=options)
 
 
+@contextmanager
+def _silent_gguf_tqdm():
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _quiet_load(device: str, dtype: str | None):
     """SmolLM2 without transformers' own de-quantization progress bar (the demo draws one bar for everything)."""
     from transformers.utils import logging as hf_logging
@@ -64,7 +81,9 @@ def _quiet_load(device: str, dtype: str | None):
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        pre = smollm2(device=device, dtype=dtype)
+        # the GGUF de-quantization bar is plain tqdm, which the switch above does not reach
+        with _silent_gguf_tqdm():
+            pre = smollm2(device=device, dtype=dtype)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
