@@ -113,3 +113,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+# output contract: the last line printed is the JSON result {"benchmark", "ratio", "target", "met", ...} (result_line)
