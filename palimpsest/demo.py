@@ -240,12 +240,8 @@ def register(app: typer.Typer) -> None:
                     raise BadInput(f"unknown methods {unknown}; choose from {', '.join(METHODS)} "
                                    "(oracle and sauce need the organism)")
 
-                def advance(message: str, done: float) -> None:
-                    bar.update(task, description=message, advance=done)
-                    bar.console.log(message)
-
                 results = run_smollm2_demo(out_dir, methods=chosen, seed=seed, device=device, dtype=dtype,
-                                           progress=advance, figure_formats=formats,
+                                           progress=step, figure_formats=formats,
                                            total_hint=lambda total: bar.update(task, total=total))
             else:
                 raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")

@@ -96,7 +96,7 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
                      figure_formats=(), total_hint: Callable[[int], None] | None = None) -> dict:
     """Unlearn the shipped concept from SmolLM2 with each method, audit each pair, write DIR/index.html."""
     from palimpsest.audit import audit
-    from palimpsest.audit.registry import load_analysers
+    from palimpsest.audit.runner import selected_analysers
     from palimpsest.concepts import load_concept
     from palimpsest.models import ModelPair
     from palimpsest.report import write_audit
@@ -111,8 +111,7 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
     started = time.perf_counter()
     pre = _quiet_load(device, dtype)
     config = config or demo_config(seed, device, int(pre.model.config.num_hidden_layers))
-    n_analysers = sum(1 for name in load_analysers()
-                      if config.analysers is None or name in config.analysers or name == "behaviour")
+    n_analysers = len(selected_analysers(config))
     if total_hint:
         total_hint(1 + len(methods) * (2 + n_analysers))  # load + per method: unlearn, every analyser, verdict
     concept = load_concept(smollm2_concept_path())

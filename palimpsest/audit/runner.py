@@ -108,17 +108,24 @@ def check_finite(pair, concept: ConceptSpec, acts: Activations) -> None:
                 return
 
 
+def selected_analysers(config: AuditConfig, available: dict | None = None, label: str = "analysers") -> dict:
+    """The analysers of `available` (default: the language-model registry) that `config` asks for, in report order
+    (behaviour always runs); unknown names are refused."""
+    analysers = load_analysers() if available is None else available
+    if config.analysers is None:
+        return analysers
+    unknown = sorted(set(config.analysers) - set(analysers))
+    if unknown:
+        raise ValueError(f"unknown {label} {unknown}; available: {', '.join(analysers)}")
+    return {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
+
+
 def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
           progress: ProgressFn | None = None) -> AuditResult:
     """Audit `pair` (a ModelPair) on `concept`; returns the verdict with every analyser's Result."""
     config = config or AuditConfig()
     check_answers(pair.pre.tokenizer, concept)
-    analysers = load_analysers()
-    if config.analysers is not None:
-        unknown = sorted(set(config.analysers) - set(analysers))
-        if unknown:
-            raise ValueError(f"unknown analysers {unknown}; available: {', '.join(analysers)}")
-        analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
+    analysers = selected_analysers(config)
     acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
     check_finite(pair, concept, acts)
     return run_and_decide(analysers, pair, concept, acts, config, progress=progress)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from palimpsest.audit.runner import AuditResult, run_and_decide
+from palimpsest.audit.runner import AuditResult, run_and_decide, selected_analysers
 from palimpsest.types import AuditConfig
 from palimpsest.vision.concept import digits_concept
 from palimpsest.vision.context import VisionActs
@@ -26,12 +26,7 @@ def audit_vision(pair: VisionPair, data: Digits, config: AuditConfig | None = No
     config = config or vision_config()
     if config.backend not in ("nnsight", "torch"):
         raise ValueError(f"backend {config.backend!r} does not apply to vision models: use 'nnsight' or 'torch'")
-    analysers = load_vision_analysers()
-    if config.analysers is not None:
-        unknown = sorted(set(config.analysers) - set(analysers))
-        if unknown:
-            raise ValueError(f"unknown vision analysers {unknown}; available: {', '.join(analysers)}")
-        analysers = {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
+    analysers = selected_analysers(config, load_vision_analysers(), label="vision analysers")
     concept = digits_concept(data, pair.forget_class)
     acts = VisionActs(pair, data, backend=config.backend, shared=shared if shared is not None else {})
     return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
