@@ -132,8 +132,10 @@ def _check_attribution(nb, found, workdir):
 def _check_restoration(nb, found, workdir):
     assert {k.split("/")[0] for k in found if "/" in k} == {"shift_vectors", "direction_ablation", "sae_restoration",
                                                            "relearning", "quantization"}
-    for analyser in ("shift_vectors", "direction_ablation", "sae_restoration"):  # the stream of suppress is pre's
+    for analyser in ("shift_vectors", "sae_restoration"):  # the stream of suppress is pre's
         assert found[f"{analyser}/suppress"]["status"] == "inconclusive", found[f"{analyser}/suppress"]
+    ablation = found["direction_ablation/suppress"]  # ... so the ablation reads the output layer's edit, and undoes it
+    assert ablation["status"] == "ok" and ablation["ci"][0] >= 0.35, ablation
     for key, entry in found.items():
         if "/" not in key:
             continue

@@ -97,6 +97,26 @@ def test_quantized_copy_rounds_weights_and_leaves_the_original(tiny):
         quantized(tiny, 3)
 
 
+def test_head_edit_basis_spans_a_low_rank_output_layer_edit(tiny):
+    import copy
+
+    from palimpsest.restoration.head_ablation import head_edit_basis, random_basis
+
+    edited_model = copy.deepcopy(tiny.model)
+    gen = torch.Generator().manual_seed(0)
+    weight = edited_model.get_output_embeddings().weight
+    reads = torch.linalg.qr(torch.randn(weight.shape[1], 2, generator=gen))[0].T  # the 2 directions the edit reads
+    with torch.no_grad():
+        edited_model.get_output_embeddings().weight += torch.randn(weight.shape[0], 2, generator=gen) @ reads
+    basis = head_edit_basis(tiny.model, edited_model, max_rank=8)
+    assert basis.shape == (2, weight.shape[1])  # the numerical rank, not max_rank
+    assert torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-5)
+    assert torch.allclose(reads @ basis.T @ basis, reads, atol=1e-4)  # the same subspace
+    assert head_edit_basis(tiny.model, copy.deepcopy(tiny.model), max_rank=8) is None
+    rand = random_basis(3, weight.shape[1], gen)
+    assert torch.allclose(rand @ rand.T, torch.eye(3), atol=1e-5)
+
+
 def test_unlearning_direction_is_the_mean_difference():
     from palimpsest.restoration import unlearning_directions
 
@@ -141,9 +161,11 @@ def test_analysers_leave_models_untouched_and_report_honestly(tiny_pair, name, t
         assert torch.equal(before[key][0], _logits(loaded)), f"{name} changed the {key} model's outputs"
         assert _hooks(loaded.model) == before[key][1]
     assert result.name == name and result.status in ("ok", "inconclusive")
-    if name in ("shift_vectors", "direction_ablation", "sae_restoration"):  # head-only change: the stream is as pre
+    if name in ("shift_vectors", "sae_restoration"):  # head-only change: the stream is as pre
         assert result.status == "inconclusive", result.notes
         assert "after the last block" in result.notes[0] or "downstream of the SAE site" in result.notes[0]
+    if name == "direction_ablation":  # ... so the directions come from the output layer's weight difference
+        assert any("output-layer weight difference" in note for note in result.notes), result.notes
     if result.status == "ok":
         assert 0.0 <= result.residue <= 1.0 and result.ci[0] <= result.residue <= result.ci[1]
     else:
@@ -189,9 +211,6 @@ def oracle_results(organism_pair_oracle, organism_concept):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="measured: the organism's head-only suppression is restored by none of the five "
-                   "attacks (residual ones are inconclusive, relearning other facts and int4/int8 rounding leave it); "
-                   "the suppressed verdict must come from read-out analysers (probes, logit lens)")
 def test_suppress_is_restored_by_at_least_one_attack(suppress_results):
     ok = {n: r.residue for n, r in suppress_results.items() if r.status == "ok"}
     assert ok and max(ok.values()) >= 0.5, {n: (r.status, r.residue, r.notes[:1]) for n, r in suppress_results.items()}
@@ -200,9 +219,11 @@ def test_suppress_is_restored_by_at_least_one_attack(suppress_results):
 
 
 @pytest.mark.slow
-def test_suppress_head_only_change_is_invisible_to_residual_steering(suppress_results):
-    for name in ("shift_vectors", "direction_ablation"):
-        assert suppress_results[name].status == "inconclusive", suppress_results[name].residue
+def test_suppress_head_only_change_is_ablated_in_the_output_layer(suppress_results):
+    assert suppress_results["shift_vectors"].status == "inconclusive"  # nothing to steer: the stream is as pre
+    ablation = suppress_results["direction_ablation"]
+    assert ablation.status == "ok" and ablation.summary["variant"].startswith("head top-")
+    assert ablation.summary["held_out_acc_ablated"] >= ablation.summary["held_out_acc_random_control"] + 0.3
 
 
 @pytest.mark.slow

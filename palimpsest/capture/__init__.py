@@ -12,6 +12,7 @@ from palimpsest.capture.activations import (
 from palimpsest.capture.backends import BACKENDS, bridge_for, run_and_capture
 from palimpsest.capture.interventions import (
     ablate_direction,
+    ablate_subspace,
     add_per_row,
     add_vector,
     intervene,
@@ -23,7 +24,7 @@ from palimpsest.capture.tokens import AnswerTokenError, EncodedBatch, answer_ids
 
 __all__ = [
     "BACKENDS", "POSITIONS", "Activations", "AnswerScores", "AnswerTokenError", "CaptureError", "EncodedBatch",
-    "NonFiniteError", "ShardedActivations", "SiteError", "ablate_direction", "add_per_row", "add_vector",
+    "NonFiniteError", "ShardedActivations", "SiteError", "ablate_direction", "ablate_subspace", "add_per_row", "add_vector",
     "answer_ids", "bridge_for", "capture", "capture_to_disk", "encode", "gather_positions", "intervene",
     "is_out_of_memory", "layer_of", "n_layers", "replace_with", "resid_post_sites", "resolve", "run_and_capture",
     "score_answers", "valid_sites",

@@ -65,6 +65,14 @@ def add_vector(vector: Float[Tensor, " d"], scale: float = 1.0,
     return edit
 
 
+def ablate_subspace(basis: Float[Tensor, "k d"]) -> Edit:
+    """h <- h - (h B^T) B with B's rows an orthonormal basis: the whole subspace is projected out."""
+    def edit(h: Tensor) -> Tensor:
+        b = basis.to(h.device, h.dtype)
+        return h - (h @ b.T) @ b
+    return edit
+
+
 def add_per_row(vectors: Float[Tensor, "batch d"], positions: Bool[Tensor, "batch pos"] | None = None) -> Edit:
     """h[b] <- h[b] + vectors[b]: one vector per batch row (batched sweeps of strengths or directions)."""
     def edit(h: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from palimpsest.restoration.common import (
     too_few,
 )
 from palimpsest.restoration.figures import bars_figure
+from palimpsest.restoration.head_ablation import head_edit_basis, random_basis, subspace_candidates
 from palimpsest.types import AuditConfig, inconclusive, register
 
 Variant = tuple[str, str]  # (how the direction is estimated, where it is ablated: a layer index or "all")
@@ -50,19 +51,27 @@ def fit_directions(acts, model: str, sites: list[str], idx: Sequence[int]) -> li
                                   acts.get("pre", site, "forget", "last")[index]) for site in sites]
 
 
-def ablate_and_select(loaded, items, sites, directions, train, batch_size) -> tuple[Variant, np.ndarray, dict]:
-    """Score every variant on all items; return the best on `train`, its per-item correctness, and all scores."""
+def best_of(loaded, items, candidates: dict, train, batch_size) -> tuple[object, np.ndarray, dict]:
+    """Score each candidate (label -> [(site, edit)]) on all items; return the best on `train`, its per-item
+    correctness, and all scores. No edit is always a candidate (first, so it wins ties): an ablation that only
+    breaks the floor model must not push the floor below what that model answers unattacked."""
+    scores = {("none", "-"): correct(loaded, items, batch_size=batch_size)}
+    for label, edits in candidates.items():
+        if edits:
+            scores[label] = correct(loaded, items, batch_size=batch_size, context=edited(loaded.model, lambda b, e=edits: e))
+    best = max(scores, key=lambda v: scores[v][train].mean())  # dict order breaks ties: earlier candidates first
+    return best, scores[best], scores
+
+
+def residual_candidates(sites: list[str], directions: list[dict[str, Tensor]]) -> dict[Variant, list]:
+    """Every variant (mean / PC1 direction, each layer, then all layers) as site edits."""
     variants: list[Variant] = [(kind, str(layer)) for kind in ("mean", "pc1") for layer in range(len(sites))]
     variants += [("mean", "all"), ("pc1", "all")]
-    # no ablation is always a candidate (first, so it wins ties): an ablation that only breaks the floor model
-    # must not push the floor below what that model answers unattacked
-    scores = {("none", "-"): correct(loaded, items, batch_size=batch_size)}
-    for variant in variants:
-        edits = ablation_edits(sites, directions, variant)
-        if edits:
-            scores[variant] = correct(loaded, items, batch_size=batch_size, context=edited(loaded.model, lambda b, e=edits: e))
-    best = max(scores, key=lambda v: scores[v][train].mean())  # dict order breaks ties: single layers first
-    return best, scores[best], scores
+    return {v: ablation_edits(sites, directions, v) for v in variants}
+
+
+def _where(layers: str) -> str:
+    return f"layer {layers}" if layers.isdigit() else ("every layer" if layers == "all" else layers)
 
 
 def forgotten_indices(pre_ok: np.ndarray, model_ok: np.ndarray, train: list[int]) -> list[int]:
@@ -86,6 +95,7 @@ class DirectionAblation:
     def run(self, pair, concept, acts, config: AuditConfig):
         opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
         n_random = int(opt("n_random", 2))
+        head_ranks = [int(r) for r in opt("head_ranks", (1, 2, 4, 8))]
         items = list(concept.forget)
         train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
         if (few := too_few(self.name, len(train), len(held), config)) is not None:
@@ -95,6 +105,7 @@ class DirectionAblation:
         bs = config.batch_size
         ceiling = correct(pre, items, batch_size=bs)
         post_plain = correct(post, items, batch_size=bs)
+        floor_plain = correct(floor, items, batch_size=bs) if floor is not None else None
         notes = []
         sel = forgotten_indices(ceiling, post_plain, train)
         if len(sel) < 2:
@@ -103,31 +114,49 @@ class DirectionAblation:
             sel = train
         directions = fit_directions(acts, "post", sites, sel)
         rel = [relative_shift(d["mean"], acts.get("pre", site, "forget", "last")) for d, site in zip(directions, sites, strict=True)]
-        if max(rel) < MIN_RELATIVE_SHIFT:
-            return inconclusive(self.name, f"post and pre residual streams do not differ on the forget prompts "
-                                           f"(largest |r|/|h| = {max(rel):.1e}): the change is after the last block, "
-                                           "so there is no direction to ablate", summary={"relative_shift_max": max(rel)})
-        variant, post_att, post_scores = ablate_and_select(post, items, sites, directions, train, bs)
-
         gen = torch.Generator().manual_seed(config.seed)
-        d_model = directions[0]["mean"].shape[0]
-        random_hits = []
-        for _ in range(n_random):
-            rand = [{"mean": torch.randn(d_model, generator=gen), "pc1": torch.randn(d_model, generator=gen)}
-                    for _ in sites]
-            random_hits.append(ablate_and_select(post, items, sites, rand, train, bs)[1])
-        random_att = np.mean(random_hits, axis=0)
+        if max(rel) >= MIN_RELATIVE_SHIFT:
+            d_model = directions[0]["mean"].shape[0]
+            candidates = residual_candidates(sites, directions)
+            random_candidates = [residual_candidates(sites, [{"mean": torch.randn(d_model, generator=gen),
+                                                              "pc1": torch.randn(d_model, generator=gen)}
+                                                             for _ in sites]) for _ in range(n_random)]
+
+            def floor_candidates():
+                f_sel = forgotten_indices(ceiling, floor_plain, train)
+                return residual_candidates(sites, fit_directions(acts, "floor", sites, f_sel if len(f_sel) >= 2 else train))
+            description = (f"{len(candidates)} variants (mean / PC1 direction, each layer or all layers) chosen on "
+                           f"{len(train)} fitting items; {n_random} random-direction draws")
+        else:
+            basis = head_edit_basis(pre.model, post.model, max(head_ranks))
+            if basis is None:
+                return inconclusive(self.name, f"post and pre residual streams do not differ on the forget prompts "
+                                               f"(largest |r|/|h| = {max(rel):.1e}) and the output layer's weights are "
+                                               "equal: the change is after the last block, outside the output layer, so "
+                                               "there is no direction to ablate", summary={"relative_shift_max": max(rel)})
+            candidates = subspace_candidates(basis, head_ranks)
+            random_candidates = [subspace_candidates(random_basis(basis.shape[0], basis.shape[1], gen), head_ranks)
+                                 for _ in range(n_random)]
+
+            def floor_candidates():
+                floor_basis = head_edit_basis(pre.model, floor.model, max(head_ranks))
+                return subspace_candidates(floor_basis, head_ranks) if floor_basis is not None else {}
+            description = (f"the residual stream is unchanged (largest |r|/|h| = {max(rel):.1e}): only the output layer "
+                           f"was edited, so the directions are the top right singular vectors of the output-layer "
+                           f"weight difference (numerical rank {basis.shape[0]} or more), projected out of the final "
+                           f"hidden state; ranks {sorted(set(head_ranks))} chosen on {len(train)} fitting items; "
+                           f"{n_random} random-subspace draws")
+        variant, post_att, post_scores = best_of(post, items, candidates, train, bs)
+        random_att = np.mean([best_of(post, items, c, train, bs)[1] for c in random_candidates], axis=0)
 
         if floor is not None:
-            floor_plain = correct(floor, items, batch_size=bs)
-            f_sel = forgotten_indices(ceiling, floor_plain, train)
-            f_dirs = fit_directions(acts, "floor", sites, f_sel if len(f_sel) >= 2 else train)
-            _, floor_att, _ = ablate_and_select(floor, items, sites, f_dirs, train, bs)
+            _, floor_att, _ = best_of(floor, items, floor_candidates(), train, bs)
             floor_values, floor_source = floor_att[held], "the same ablation on the floor model (its own direction)"
             floor_base = floor_plain[held]
         else:
             floor_values, floor_source = random_att[held], "random directions at the same layers"
             floor_base = post_plain[held]
+        notes.append(description)
 
         table = []
         for (kind, where), hits in post_scores.items():
@@ -152,9 +181,8 @@ class DirectionAblation:
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                ablated=post_att[held], random=random_att[held], floor=floor_values),
             tables={"variants": table, "per_layer": per_layer},
-            notes=notes + [f"{len(table)} variants (mean / PC1 direction, each layer or all layers) chosen on "
-                           f"{len(train)} fitting items; {n_random} random-direction draws"],
-            evidence=(f"projecting out the unlearning direction ({variant[0]} at layer {variant[1]}) brings held-out "
+            notes=notes,
+            evidence=(f"projecting out the unlearning direction ({variant[0]} at {_where(variant[1])}) brings held-out "
                       f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
                       f"{summary['held_out_acc_ablated']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random "
                       f"{summary['held_out_acc_random_control']:.2f})"))
