@@ -250,3 +250,21 @@ def test_relearning_recovers_more_after_ga_than_after_oracle(oracle_results, org
     assert ga.status == "ok", ga.notes
     assert ga.summary["held_out_acc_relearned"] > oracle.summary["held_out_acc_relearned"] + 0.1
     assert oracle.status == "ok" and oracle.residue <= 0.25
+
+
+def test_relearning_on_related_text_restores_suppression_not_deletion(organism_pair_suppress, organism_pair_ga,
+                                                                      organism_pair_oracle, organism_concept):
+    from palimpsest.types import REGISTRY
+
+    config = AuditConfig(n_bootstrap=200, options={"relearning": {"data": "related"}})
+    results = {name: REGISTRY["relearning"].run(pair, organism_concept, None, config) for name, pair in
+               (("suppress", organism_pair_suppress), ("ga", organism_pair_ga), ("oracle", organism_pair_oracle))}
+    assert all(r.status == "ok" and r.summary["data"] == "related" for r in results.values()), results
+    # fine-tuned on neighbour facts only (never a forget fact), scored on every forget fact
+    assert results["oracle"].summary["n_held_out"] == len(organism_concept.forget)
+    assert results["oracle"].residue <= 0.2, results["oracle"].summary
+    for name in ("suppress", "ga"):
+        assert results[name].residue >= results["oracle"].residue + 0.2, (name, results[name].summary)
+    with pytest.raises(ValueError, match="data='nope'"):
+        REGISTRY["relearning"].run(organism_pair_oracle, organism_concept, None,
+                                   AuditConfig(options={"relearning": {"data": "nope"}}))

@@ -84,7 +84,8 @@ class Relearning:
     title = "Relearning attack"
     description = (
         "A copy of the post model is fine-tuned for a few steps on one half of the forget facts (the answer tokens "
-        "only), and its accuracy is measured on the other half, which it never saw again. A model that still holds "
+        "only), and its accuracy is measured on the other half, which it never saw again (option data='related': "
+        "fine-tuned on the concept's neighbour facts, none of them a forget fact, and measured on every forget fact). A model that still holds "
         "the knowledge underneath recovers the held-out facts; one that never learned them can only guess. Residue = "
         "held-out accuracy of the relearned post model, between the floor (the same fine-tuning of the floor model "
         "on the same items, or, without one, of the post model on the concept's never-trained holdout items) and "
@@ -96,19 +97,31 @@ class Relearning:
         steps, lr = int(opt("steps", 10)), float(opt("lr", 1e-3))
         bs, every = int(opt("batch_size", 32)), int(opt("eval_every", 2))
         freeze_output = bool(opt("freeze_output", False))
+        # what the attack fine-tunes on: half of the forget facts ("forget"), or text that is related but holds none
+        # of them ("related": the concept's neighbour facts, people who share a city or employer), scored on every
+        # forget fact
+        data = str(opt("data", "forget"))
         items = list(concept.forget)
-        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
-        if (few := too_few(self.name, len(train), len(held), config)) is not None:
-            return few
+        if data == "forget":
+            train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+            if (few := too_few(self.name, len(train), len(held), config)) is not None:
+                return few
+            fit, evaluate = [items[i] for i in train], [items[i] for i in held]
+        elif data == "related":
+            fit, evaluate = list(concept.neighbours), items
+            if len(fit) < 2 or len(evaluate) < max(2, config.min_items):
+                return inconclusive(self.name, f"relearning on related text needs >= 2 neighbour items and >= "
+                                               f"{max(2, config.min_items)} forget items ({len(fit)}, {len(evaluate)})")
+            train, held = list(range(len(fit))), list(range(len(evaluate)))
+        else:
+            raise ValueError(f"relearning option data={data!r}: use 'forget' or 'related'")
         pre, post, floor = pair.pre, pair.post, pair.floor
-        fit, evaluate = [items[i] for i in train], [items[i] for i in held]
         ceiling = correct(pre, evaluate, batch_size=config.batch_size)
         post_plain = correct(post, evaluate, batch_size=config.batch_size)
         kw = dict(steps=steps, lr=lr, batch_size=bs, seed=config.seed, eval_every=every, freeze_output=freeze_output)
         tuned, post_curve = relearn(post, fit, eval_items=evaluate, **kw)
         post_att = correct(tuned, evaluate, batch_size=config.batch_size)
         fit_acc = float(correct(tuned, fit, batch_size=config.batch_size).mean())
-        del tuned
         curves = {"post, relearned": [a for _, a in post_curve]}
         if floor is not None:
             f_tuned, floor_curve = relearn(floor, fit, eval_items=evaluate, **kw)
@@ -119,28 +132,38 @@ class Relearning:
             del f_tuned
         else:
             holdout = list(concept.holdout)
-            h_train, h_held = split_items(holdout, config.seed, float(opt("test_size", 0.5)))
-            if len(h_train) < 2 or len(h_held) < 2:
+            if data == "related":  # the post model after the same fine-tuning, on facts it never knew
+                h_train, h_held = [], list(range(len(holdout)))
+            else:
+                h_train, h_held = split_items(holdout, config.seed, float(opt("test_size", 0.5)))
+            if (data == "forget" and len(h_train) < 2) or len(h_held) < 2:
                 return inconclusive(self.name, "no floor model and too few holdout items (never-trained facts) to "
                                                "measure what relearning recovers for facts that were never known")
-            h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=[holdout[i] for i in h_held],
-                                       **kw)
             h_items = [holdout[i] for i in h_held]
+            if data == "related":
+                h_tuned, h_curve = tuned, []  # its curve would need another fine-tuning run
+            else:
+                h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=h_items, **kw)
             floor_values, paired = correct(h_tuned, h_items, batch_size=config.batch_size), False
             floor_base = correct(post, h_items, batch_size=config.batch_size)
             floor_known = np.ones(len(h_items), dtype=bool)  # never-trained facts: any answer got right is relearned
-            curves["post on never-trained holdout facts"] = [a for _, a in h_curve]
-            floor_source = "the post model fine-tuned the same way on never-trained holdout facts"
+            if h_curve:
+                curves["post on never-trained holdout facts"] = [a for _, a in h_curve]
+            floor_source = ("the post model after the same fine-tuning, on never-trained holdout facts" if data == "related"
+                            else "the post model fine-tuned the same way on never-trained holdout facts")
             del h_tuned
+        del tuned
         summary = {
-            "steps": steps, "lr": lr, "n_train": len(train), "n_held_out": len(held),
+            "data": data, "steps": steps, "lr": lr, "n_train": len(train), "n_held_out": len(held),
             "held_out_acc_pre": float(ceiling.mean()), "held_out_acc_post": float(post_plain.mean()),
             "held_out_acc_relearned": float(post_att.mean()), "held_out_acc_floor_relearned": float(floor_values.mean()),
             "fit_acc_relearned": fit_acc,
             "restoration_rate": restoration_rate(ceiling, post_plain, post_att),
         }
         notes = [f"{steps} AdamW steps (lr {lr:g}, batches of {bs}) on {len(train)} forget items; evaluated on "
-                 f"{len(held)} items of other facts (split by fact)"]
+                 f"{len(held)} items of other facts (split by fact)" if data == "forget" else
+                 f"{steps} AdamW steps (lr {lr:g}, batches of {bs}) on {len(train)} related items (neighbour facts, "
+                 f"none of them a forget fact); evaluated on all {len(held)} forget items"]
         if fit_acc < 0.5:
             notes.append(f"the fine-tuning reached only {fit_acc:.0%} on its own items: raise 'steps' or 'lr'")
         result = calibrated_result(
@@ -150,7 +173,8 @@ class Relearning:
             per_item=item_rows(evaluate, pre=ceiling, post=post_plain, relearned=post_att,
                                **({"floor": floor_values} if paired else {})),
             notes=notes,
-            evidence=(f"{steps} fine-tuning steps on other forget facts bring held-out forget accuracy from "
+            evidence=(f"{steps} fine-tuning steps on {'other forget facts' if data == 'forget' else 'related facts'} "
+                      f"bring held-out forget accuracy from "
                       f"{summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
                       f"{summary['held_out_acc_pre']:.2f}; floor after the same fine-tuning "
                       f"{summary['held_out_acc_floor_relearned']:.2f})"))
