@@ -15,9 +15,9 @@ from typing import Annotated, Callable, Optional
 import typer
 
 ORGANISM_METHODS = ("oracle", "suppress", "ga", "graddiff", "npo", "rmu", "sauce")
-# ground truth the audit must reproduce on the organism's controls (sauce is suppression by construction, but on
-# the organism its clamp does not make the answers forgotten in behaviour, so the audit honestly says not_forgotten)
-EXPECTED = {"oracle": "deleted", "suppress": "suppressed"}
+# ground truth the audit must reproduce on the organism's controls (sauce: hooks clamp SAE concept features at
+# inference, weights untouched, so it is suppression by construction; measured forget accuracy 0.92 -> 0.33)
+EXPECTED = {"oracle": "deleted", "suppress": "suppressed", "sauce": "suppressed"}
 FLOOR_DATA_SEED = 1  # the calibration floor: an oracle retrained with another batch order
 
 Progress = Callable[..., None]  # (message, units of work finished)
@@ -101,15 +101,11 @@ def organism_post_dir(method: str, setup: OrganismSetup, seed: int = 0) -> Path:
 
 
 def sauce_post(pre, concept):
-    """SAUCE: the pre model with its SAE concept features clamped by a hook (weights untouched)."""
-    from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae, sauce_clamp
-    from palimpsest.sae.analyser import default_site
+    """SAUCE: the pre model with its SAE concept features clamped by hooks (weights untouched), at the early sites of
+    SAEConfig().sauce_sites where the people's names are read (a middle-layer clamp barely changes the answers)."""
+    from palimpsest.sae import SAEConfig, sauce_unlearn
 
-    site = default_site(pre.model)
-    config = SAEConfig()
-    sae, _quality = get_or_train_sae(pre, site, concept_corpus(concept), config)
-    features = concept_features(sae, pre, site, concept, config)
-    return sauce_clamp(pre, sae, site, features)
+    return sauce_unlearn(pre, concept, SAEConfig())
 
 
 def organism_pair(method: str, setup: OrganismSetup, seed: int = 0, *, pre=None, floor=None):

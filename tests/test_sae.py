@@ -209,28 +209,49 @@ def test_oracle_concept_features_fall(organism_pair_oracle, organism_pair_suppre
     assert oracle.residue < suppress.residue - 0.3
 
 
-def test_sauce_is_suppression(organism_pair_suppress, organism_concept, sae_cache):
-    from palimpsest.capture import score_answers
+SAUCE_MAX_FORGET_ACC = 0.35  # AuditConfig.forgotten_max_acc: the answers must be gone in behaviour (pre: 0.92)
+SAUCE_MIN_RETAIN_ACC = 0.8
+
+
+@pytest.fixture(scope="module")
+def organism_sauce(organism_setup, organism_pair_suppress, sae_cache):
+    from palimpsest.demo import sauce_post
     from palimpsest.models import ModelPair
-    from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae, sauce_clamp
+
     pre = organism_pair_suppress.pre
-    site = SAUCE_SITE  # early: the clamp acts on the name tokens before the facts are looked up
-    sae, _ = get_or_train_sae(pre, site, concept_corpus(organism_concept), SAEConfig(), cache_dir=sae_cache)
-    feats = concept_features(sae, pre, site, organism_concept, SAEConfig())
-    post = sauce_clamp(pre, sae, site, feats)
-    forget = list(organism_concept.forget)
-    before = score_answers(pre.model, pre.tokenizer, forget).mean_logprob.mean()
-    after = score_answers(post.model, post.tokenizer, forget).mean_logprob.mean()
-    assert after < before - 0.5  # the clamp suppresses the answers
-    pair = ModelPair(pre, post, organism_pair_suppress.floor)
-    result = _run("sae_features", pair, organism_concept, _audit_config(sae_cache))
-    assert result.status == "ok" and result.residue >= 0.8
-    assert any("SAUCE" in note for note in result.notes)
+    return ModelPair(pre, sauce_post(pre, organism_setup.concept), organism_pair_suppress.floor)
+
+
+def test_sauce_forgets_in_behaviour_and_is_called_suppressed(organism_sauce, organism_concept, sae_cache):
+    from palimpsest.audit.runner import load_analysers, run_and_decide
+    from palimpsest.capture import score_answers
+
+    pre, post = organism_sauce.pre, organism_sauce.post
+    sauce = post.meta["sauce"]
+    assert sauce["sites"][0] == sauce["site"] == SAUCE_SITE and all(sauce["features"].values())
+    assert next(post.model.parameters()).data_ptr() != next(pre.model.parameters()).data_ptr()
+
+    def acc(lm, items):
+        return float(score_answers(lm.model, lm.tokenizer, list(items)).correct.mean())
+
+    assert acc(pre, organism_concept.forget) > 0.8
+    assert acc(post, organism_concept.forget) <= SAUCE_MAX_FORGET_ACC  # the clamp removes the answers
+    assert acc(post, organism_concept.retain) >= SAUCE_MIN_RETAIN_ACC
+    assert acc(pre, organism_concept.forget) > 0.8  # the reference model is untouched by the copy's hooks
+    config = _audit_config(sae_cache)
+    analysers = {name: a for name, a in load_analysers().items() if name in ("behaviour", "sae_features")}
+    result = run_and_decide(analysers, organism_sauce, organism_concept, None, config)
+    features = result.analyses["sae_features"]
+    assert features.status == "ok" and features.residue >= 0.8  # the stream reaching the clamp is the pre model's
+    assert any("SAUCE" in note for note in features.notes)
+    assert result.verdict == "suppressed", result
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="issue #5, measured: the oracle's generations lose only ~41% of the forget "
-                   "concept's RA-SAE energy (the selective concepts also fire on other people's facts)")
+                   "concept's RA-SAE energy (the floor oracle, which never saw them either, only 16%): the selected "
+                   "concepts are first-name groups that also fire on ~50 world people absent from the concept's "
+                   "reference texts, so other people's names give ~60% of the pre generations' forget-concept energy")
 def test_blindspots_oracle_drops_forget_concept(organism_pair_oracle, organism_concept, sae_cache):
     result = _run("blindspots", organism_pair_oracle, organism_concept, _audit_config(sae_cache))
     assert result.status == "ok", result.notes

@@ -117,10 +117,11 @@ class SAEConceptFeatures:
                  f"activation_survival = the concept features' summed mean activation on forget prompts, post / pre "
                  f"= {survival:.2f}"]
         if sauce:
-            notes.append("the post model is SAUCE-clamped at this site: this analysis reads the stream the SAE sees "
-                         "(the input of the clamping hook), which the clamp never changes; the clamp acts only on "
-                         "what flows on from the site, so the knowledge is suppressed by construction (probes at "
-                         "other sites and restoration show it)")
+            sites = sauce.get("sites", [sauce["site"]])
+            notes.append(f"the post model is SAUCE-clamped at {', '.join(sites)}: this analysis reads the stream "
+                         f"arriving at {site} (the input of the clamping hook), which the clamp never changes; the "
+                         "clamp acts only on what flows on from the site, so the knowledge is suppressed by "
+                         "construction (probes at other sites and restoration show it)")
         common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
                       summary=summary, per_item=per_item, tables={"concept_features": per_feature,
                                                                    "feature_selection": feats.table()})

@@ -45,7 +45,13 @@ class SAEConfig(BaseModel):
     min_forget_firing: float = 0.1  # ... and only features firing on at least this share of forget prompts
     n_top_tokens: int = 5
     # -- SAUCE clamp: a concept feature that fires is set to clamp_value x its activation (0 = ablate)
-    clamp_value: float = -3.0
+    # measured on the organism (forget accuracy 0.92 pre; oracle 0.22): one clamp at the middle layer, any value,
+    # leaves >= 0.83 (the person's name has already been read into every later position); blocks.0 alone, -10: 0.52;
+    # blocks.0 + blocks.1 at -3 / -10 / -20 / -50: 0.48 / 0.37 / 0.33 / 0.32 (retain 0.96 -> 0.88 at -20)
+    clamp_value: float = -20.0
+    # sauce_unlearn clamps at every one of these sites, early, where the concept's names are read (one SAE each);
+    # a site a model does not have is skipped
+    sauce_sites: tuple[str, ...] = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
 
     def resolved_d_sae(self, d_in: int) -> int:
         return int(self.d_sae or self.expansion * d_in)

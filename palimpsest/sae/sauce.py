@@ -14,6 +14,7 @@ from torch import Tensor
 
 from palimpsest.capture import resolve
 from palimpsest.capture.sites import get_module
+from palimpsest.sae.config import SAEConfig
 
 
 def _feature_list(features) -> list[int]:
@@ -43,10 +44,38 @@ def clamp_edit(sae, features: Sequence[int], clamp_value: float):
     return edit
 
 
-def sauce_clamp(model, sae, site: str, features, clamp_value: float = -3.0, *, share_weights: bool = False,
+def _clone(model, share_weights: bool):
+    memo = {}
+    if share_weights:
+        memo = {id(t): t for t in (*model.model.parameters(), *model.model.buffers())}
+    clone = copy.deepcopy(model.model, memo)
+    clone.eval()
+    return clone
+
+
+def _install(clone, site: str, edit):
+    """A persistent hook at `site` of `clone` that passes what leaves the site through `edit`; returns its handle."""
+    target = resolve(clone, site)
+    module = get_module(clone, target.module_path)
+    if target.io == "output":
+        def hook(_mod, _args, output):
+            if isinstance(output, tuple):
+                return (edit(output[0]), *output[1:])
+            return edit(output)
+        return module.register_forward_hook(hook)
+
+    def pre_hook(_mod, args, kwargs):
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+def sauce_clamp(model, sae, site: str, features, clamp_value: float | None = None, *, share_weights: bool = False,
                 name: str = "sauce"):
     """A new LoadedModel: a copy of `model` with a persistent forward hook at `site` that clamps the concept
     `features` (a ConceptFeatures or feature indices) of `sae`; the reference model is left as it was.
+    `clamp_value` defaults to SAEConfig().clamp_value.
 
     Copy: by default a deep copy (own modules and weights, so fine-tuning it later cannot touch the reference);
     `share_weights=True` builds new modules that share the reference's parameter tensors (no extra memory; then do
@@ -54,27 +83,54 @@ def sauce_clamp(model, sae, site: str, features, clamp_value: float = -3.0, *, s
     """
     from palimpsest.models import LoadedModel
 
+    clamp_value = SAEConfig().clamp_value if clamp_value is None else float(clamp_value)
     indices = _feature_list(features)
-    memo = {}
-    if share_weights:
-        memo = {id(t): t for t in (*model.model.parameters(), *model.model.buffers())}
-    clone = copy.deepcopy(model.model, memo)
-    clone.eval()
-    target = resolve(clone, site)
-    module = get_module(clone, target.module_path)
-    edit = clamp_edit(sae, indices, clamp_value)
-    if target.io == "output":
-        def hook(_mod, _args, output):
-            if isinstance(output, tuple):
-                return (edit(output[0]), *output[1:])
-            return edit(output)
-        handle = module.register_forward_hook(hook)
-    else:
-        def pre_hook(_mod, args, kwargs):
-            if args:
-                return (edit(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    meta = {**model.meta, "method": "sauce", "sauce": {"site": site, "features": indices, "clamp_value": clamp_value,
-                                                       "share_weights": share_weights, "sae": sae, "handle": handle}}
+    clone = _clone(model, share_weights)
+    handle = _install(clone, site, clamp_edit(sae, indices, clamp_value))
+    meta = {**model.meta, "method": "sauce", "sauce": {"site": site, "sites": [site], "features": indices,
+                                                       "clamp_value": clamp_value, "share_weights": share_weights,
+                                                       "sae": sae, "handle": handle, "handles": [handle]}}
+    return LoadedModel(model=clone, tokenizer=model.tokenizer, source=model.source, name=name, meta=meta)
+
+
+def sauce_unlearn(model, concept, config: SAEConfig | None = None, *, corpus: Sequence[str] = (), cache_dir=None,
+                  share_weights: bool = False, name: str = "sauce"):
+    """SAUCE as an unlearning method: at each of `config.sauce_sites` (early by default), a sae-lens SAE trained on
+    `model` (cached) and its concept features for `concept` (selected on `model`); a copy of `model` whose hooks
+    clamp those features to `config.clamp_value` x their activation. Weights untouched: suppression by construction.
+
+    `meta["sauce"]`: "site" (the first site: the stream arriving there is exactly the reference model's, so the
+    sae_features analyser reads it there), "sites", "features" (per site), "clamp_value", "saes", "handles".
+    """
+    from palimpsest.capture.sites import valid_sites
+    from palimpsest.models import LoadedModel
+    from palimpsest.sae.data import concept_corpus
+    from palimpsest.sae.features import concept_features
+    from palimpsest.sae.train import get_or_train_sae
+
+    config = config or SAEConfig()
+    known = set(valid_sites(model.model))
+    sites = [site for site in dict.fromkeys(config.sauce_sites) if site in known]
+    if not sites:
+        raise ValueError(f"none of sauce_sites {list(config.sauce_sites)} exists in this model; pick from "
+                         f"{sorted(known)[:6]}...")
+    texts = concept_corpus(concept, corpus)
+    chosen = {}
+    for site in sites:
+        sae, _quality = get_or_train_sae(model, site, texts, config, cache_dir)
+        feats = concept_features(sae, model, site, concept, config)
+        if len(feats):
+            chosen[site] = (sae, feats)
+    if not chosen:
+        raise ValueError(f"no concept features to clamp at any of {sites}: concept_features found none above "
+                         f"min_selectivity={config.min_selectivity}; lower it or train a larger SAE")
+    clone = _clone(model, share_weights)
+    handles = [_install(clone, site, clamp_edit(sae, feats.indices, config.clamp_value))
+               for site, (sae, feats) in chosen.items()]
+    first = next(iter(chosen))
+    meta = {**model.meta, "method": "sauce",
+            "sauce": {"site": first, "sites": list(chosen), "features": {s: f.indices for s, (_, f) in chosen.items()},
+                      "concept_features": {s: f for s, (_, f) in chosen.items()}, "clamp_value": config.clamp_value,
+                      "share_weights": share_weights, "sae": chosen[first][0],
+                      "saes": {s: sae for s, (sae, _) in chosen.items()}, "handle": handles[0], "handles": handles}}
     return LoadedModel(model=clone, tokenizer=model.tokenizer, source=model.source, name=name, meta=meta)
