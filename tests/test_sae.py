@@ -248,12 +248,13 @@ def test_sauce_forgets_in_behaviour_and_is_called_suppressed(organism_sauce, org
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue #5, measured: the oracle's generations lose only ~41% of the forget "
-                   "concept's RA-SAE energy (the floor oracle, which never saw them either, only 16%): the selected "
-                   "concepts are first-name groups that also fire on ~50 world people absent from the concept's "
-                   "reference texts, so other people's names give ~60% of the pre generations' forget-concept energy")
-def test_blindspots_oracle_drops_forget_concept(organism_pair_oracle, organism_concept, sae_cache):
-    result = _run("blindspots", organism_pair_oracle, organism_concept, _audit_config(sae_cache))
-    assert result.status == "ok", result.notes
-    assert result.summary["forget_prevalence_drop"] > 0.5
-    assert result.tables["concepts"] and result.figures
+def test_blindspots_oracle_drops_forget_concept(organism_pair_oracle, organism_pair_suppress, organism_concept,
+                                                sae_cache):
+    oracle = _run("blindspots", organism_pair_oracle, organism_concept, _audit_config(sae_cache))
+    suppress = _run("blindspots", organism_pair_suppress, organism_concept, _audit_config(sae_cache))
+    assert oracle.status == "ok", oracle.notes
+    # measured 0.53 (oracle) and 0.07 (suppress: the head edit leaves what the model generates about them)
+    assert oracle.summary["forget_prevalence_drop"] > 0.4
+    assert oracle.summary["forget_prevalence_drop"] > suppress.summary["forget_prevalence_drop"] + 0.3
+    assert oracle.residue <= 0.3  # it generates the concept no more than the floor model, which never saw them
+    assert oracle.tables["concepts"] and oracle.figures

@@ -165,7 +165,8 @@ class Blindspots:
         "An archetypal SAE (RA-SAE, overcomplete) is trained on the pre model's activations over reference text "
         "(the concept's texts). The pre model then reads the reference text and text sampled from each model; a "
         "concept's energy is its code summed over a text, averaged over texts. The forget concept (the RA-SAE "
-        "concepts selective for the forget texts) should lose energy in the post model's generations: the intended "
+        "concepts selective for the forget texts against the neighbour and retain texts and the pre model's own "
+        "samples that name no forget keyword, option n_background) should lose energy in the post model's generations: the intended "
         "blindspot. Other concepts that lose or gain energy (post vs pre generations, beyond min_log2_change) are "
         "collateral blindspots or exaggerations. Relative energy = E_gen / (E_gen + E_data): below "
         "blindspot_rel_energy a concept is a blindspot, above exaggerated_rel_energy it is exaggerated. This reads "
@@ -198,10 +199,21 @@ class Blindspots:
             ("ra_sae", site, tuple(reference), tuple(sorted(ra_options.items()))),
             lambda: _fit_reference(pair.pre, site, reference, ra_options))
         r2 = float(1 - (ref_acts - recon).pow(2).sum() / (ref_acts - ref_acts.mean(0)).pow(2).sum())
-        # the forget concept: RA-SAE concepts selective for the forget texts
+        # the forget concept: RA-SAE concepts selective for the forget texts against the neighbour and retain texts
+        # and the pre model's own samples that name no keyword: those cover everything else the model talks about
+        # (other people too), so a concept that fires on the forget names *and* on other names is not selected
         texts = {s: [f"{it.prompt} {it.answer.strip()}" for it in concept.items(s)] for s in ("forget", *other_sets)}
-        per_text = {s: torch.stack([c.max(0).values for c in text_codes(ra, pair.pre, site, t)]) for s, t in texts.items()}
-        sel = selectivity_scores(per_text["forget"], torch.cat([per_text[s] for s in other_sets]), 0.1)
+        n_background = int(opt("n_background", n_samples))
+        if n_background:
+            background = _reference_model_memo(pair.pre.model).get_or(
+                ("background", n_background, max_new, config.seed),
+                lambda: generate_texts(pair.pre, n_background, max_new_tokens=max_new, seed=config.seed + 10_000))
+            keywords = [k.lower() for k in concept.keywords]
+            texts["background"] = [t for t in background if not any(k in t.lower() for k in keywords)]
+        per_text = {s: torch.stack([c.max(0).values for c in text_codes(ra, pair.pre, site, t)])
+                    for s, t in texts.items() if t}
+        others = [s for s in per_text if s != "forget"]
+        sel = selectivity_scores(per_text["forget"], torch.cat([per_text[s] for s in others]), 0.1)
         ranked = [int(i) for i in torch.argsort(sel, descending=True) if sel[i] >= min_sel]
         forget_idx = ranked[:n_forget_concepts]
         if not forget_idx:
@@ -264,7 +276,8 @@ class Blindspots:
                    "n_exaggerated": len(exaggerated), "n_samples": n_samples, "n_reference_texts": len(reference)}
         if pair.floor is not None:
             summary["forget_energy_floor_gen"] = float(forget_e["floor"].mean())
-        notes = [f"forget concept = RA-SAE concepts {forget_idx} (selectivity >= {min_sel} for the forget texts)",
+        notes = [f"forget concept = RA-SAE concepts {forget_idx} (selectivity >= {min_sel} for the forget texts against "
+                 f"{', '.join(others)} texts)",
                  f"generations: {n_samples} samples of {max_new} tokens from the start token; all read by the pre "
                  f"model at {site}"]
         if drop is not None:
