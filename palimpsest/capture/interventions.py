@@ -21,6 +21,27 @@ def _apply(edit: Edit, value: Tensor, n_heads: int | None) -> Tensor:
     return edit(value)
 
 
+def install_edit(model: torch.nn.Module, site: str, edit: Edit) -> torch.utils.hooks.RemovableHandle:
+    """A hook that passes the activation at `site` through `edit` on every forward pass, until its handle is
+    removed."""
+    target = resolve(model, site)
+    module = get_module(model, target.module_path)
+    if target.io == "output":
+        def hook(_mod, _args, output, heads=target.n_heads):
+            if isinstance(output, tuple):
+                return (_apply(edit, output[0], heads), *output[1:])
+            return _apply(edit, output, heads)
+        return module.register_forward_hook(hook)
+
+    def pre_hook(_mod, args, kwargs, heads=target.n_heads):
+        if args:
+            return (_apply(edit, args[0], heads), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = _apply(edit, kwargs["hidden_states"], heads)
+        return args, kwargs
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
 @contextmanager
 def intervene(model: torch.nn.Module, edits: Mapping[str, Edit] | list[tuple[str, Edit]]) -> Iterator[None]:
     """Apply `edit(activation) -> activation` at each site during every forward pass inside the block."""
@@ -28,22 +49,7 @@ def intervene(model: torch.nn.Module, edits: Mapping[str, Edit] | list[tuple[str
     handles = []
     try:
         for site, edit in pairs:
-            target = resolve(model, site)
-            module = get_module(model, target.module_path)
-            if target.io == "output":
-                def hook(_mod, _args, output, edit=edit, heads=target.n_heads):
-                    if isinstance(output, tuple):
-                        return (_apply(edit, output[0], heads), *output[1:])
-                    return _apply(edit, output, heads)
-                handles.append(module.register_forward_hook(hook))
-            else:
-                def pre_hook(_mod, args, kwargs, edit=edit, heads=target.n_heads):
-                    if args:
-                        return (_apply(edit, args[0], heads), *args[1:]), kwargs
-                    kwargs = dict(kwargs)
-                    kwargs["hidden_states"] = _apply(edit, kwargs["hidden_states"], heads)
-                    return args, kwargs
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(install_edit(model, site, edit))
         yield
     finally:
         for handle in handles:

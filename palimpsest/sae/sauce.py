@@ -12,8 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from palimpsest.capture import resolve
-from palimpsest.capture.sites import get_module
+from palimpsest.capture.interventions import install_edit
 from palimpsest.sae.config import SAEConfig
 
 
@@ -53,24 +52,6 @@ def _clone(model, share_weights: bool):
     return clone
 
 
-def _install(clone, site: str, edit):
-    """A persistent hook at `site` of `clone` that passes what leaves the site through `edit`; returns its handle."""
-    target = resolve(clone, site)
-    module = get_module(clone, target.module_path)
-    if target.io == "output":
-        def hook(_mod, _args, output):
-            if isinstance(output, tuple):
-                return (edit(output[0]), *output[1:])
-            return edit(output)
-        return module.register_forward_hook(hook)
-
-    def pre_hook(_mod, args, kwargs):
-        if args:
-            return (edit(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-
-
 def sauce_clamp(model, sae, site: str, features, clamp_value: float | None = None, *, share_weights: bool = False,
                 name: str = "sauce"):
     """A new LoadedModel: a copy of `model` with a persistent forward hook at `site` that clamps the concept
@@ -86,7 +67,7 @@ def sauce_clamp(model, sae, site: str, features, clamp_value: float | None = Non
     clamp_value = SAEConfig().clamp_value if clamp_value is None else float(clamp_value)
     indices = _feature_list(features)
     clone = _clone(model, share_weights)
-    handle = _install(clone, site, clamp_edit(sae, indices, clamp_value))
+    handle = install_edit(clone, site, clamp_edit(sae, indices, clamp_value))
     meta = {**model.meta, "method": "sauce", "sauce": {"site": site, "sites": [site], "features": indices,
                                                        "clamp_value": clamp_value, "share_weights": share_weights,
                                                        "sae": sae, "handle": handle, "handles": [handle]}}
@@ -125,7 +106,7 @@ def sauce_unlearn(model, concept, config: SAEConfig | None = None, *, corpus: Se
         raise ValueError(f"no concept features to clamp at any of {sites}: concept_features found none above "
                          f"min_selectivity={config.min_selectivity}; lower it or train a larger SAE")
     clone = _clone(model, share_weights)
-    handles = [_install(clone, site, clamp_edit(sae, feats.indices, config.clamp_value))
+    handles = [install_edit(clone, site, clamp_edit(sae, feats.indices, config.clamp_value))
                for site, (sae, feats) in chosen.items()]
     first = next(iter(chosen))
     meta = {**model.meta, "method": "sauce",
