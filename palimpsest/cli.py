@@ -227,7 +227,7 @@ def _register_subcommands() -> None:
     import importlib
 
     for module in ("palimpsest.organism.cli", "palimpsest.unlearn.cli", "palimpsest.sae.cli",
-                   "palimpsest.probes.cli", "palimpsest.demo"):
+                   "palimpsest.probes.cli", "palimpsest.demo", "palimpsest.validate.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as error:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -70,9 +69,12 @@ def organism_setup(seed: int = 0, cache_dir: str | Path | None = None, *, forget
     if missing and progress:
         progress(f"building {', '.join(missing)} (cached after the first run)")
     if parallel and len(missing) > 1:  # processes only when there is training to do: starting them costs seconds
-        with ProcessPoolExecutor(max_workers=len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
-            built = dict(zip(missing, pool.map(_build, missing, [seed] * len(missing), [forget] * len(missing),
-                                               [str(cache)] * len(missing))))
+        from palimpsest.kernels import submit_all
+
+        # the workers start with portable kernels, so their builds train in place
+        pool, futures = submit_all(_build, [(kind, seed, forget, str(cache)) for kind in missing], len(missing))
+        with pool:
+            built = dict(zip(missing, (f.result() for f in futures)))
     else:
         built = {kind: _build(kind, seed, forget, str(cache)) for kind in missing}
     paths = {kind: Path(built.get(kind, targets[kind])) for kind in kinds}
@@ -100,12 +102,15 @@ def organism_post_dir(method: str, setup: OrganismSetup, seed: int = 0) -> Path:
     return target
 
 
-def sauce_post(pre, concept):
+def sauce_post(pre, concept, world=None):
     """SAUCE: the pre model with its SAE concept features clamped by hooks (weights untouched), at the early sites of
-    SAEConfig().sauce_sites where the people's names are read (a middle-layer clamp barely changes the answers)."""
+    SAEConfig().sauce_sites where the people's names are read (a middle-layer clamp barely changes the answers).
+    Its clamp and feature count are chosen on the forget items and the world's retain-training facts."""
+    from palimpsest.organism.concept import retain_training_items
     from palimpsest.sae import SAEConfig, sauce_unlearn
 
-    return sauce_unlearn(pre, concept, SAEConfig())
+    retain = retain_training_items(world, concept, max_items=256) if world is not None else None
+    return sauce_unlearn(pre, concept, SAEConfig(), retain_items=retain)
 
 
 def organism_pair(method: str, setup: OrganismSetup, seed: int = 0, *, pre=None, floor=None):
@@ -115,7 +120,7 @@ def organism_pair(method: str, setup: OrganismSetup, seed: int = 0, *, pre=None,
     pre = pre or load_model(setup.pre_dir, name="pre")
     floor = floor or load_model(setup.floor_dir, name="floor")
     if method == "sauce":
-        post = sauce_post(pre, setup.concept)
+        post = sauce_post(pre, setup.concept, setup.world)
     else:
         post = load_model(organism_post_dir(method, setup, seed), name="post")
     return ModelPair(pre=pre, post=post, floor=floor)
@@ -180,8 +185,11 @@ def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: in
             step(f"{method}: {results[method].verdict}", 1)
     else:
         step(f"auditing {len(methods)} post-models in {workers} processes", 0)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_audit_method, method, *args, 1): method for method in methods}
+        from palimpsest.kernels import submit_all
+
+        pool, submitted = submit_all(_audit_method, [(method, *args, 1) for method in methods], workers)
+        futures = dict(zip(submitted, methods))
+        with pool:
             for future in as_completed(futures):
                 method = futures[future]
                 results[method] = AuditResult.model_validate_json(future.result())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Status = Literal["ok", "inconclusive", "skipped"]
+Status = Literal["ok", "inconclusive", "skipped", "error"]  # error: the analyser raised
 Kind = Literal["behaviour", "residue", "info"]
 
 
@@ -49,6 +50,25 @@ class Result(BaseModel):
         return json.loads(json.dumps(out, default=float))
 
 
+def _fitted_verdict() -> dict[str, Any]:
+    """The verdict thresholds fitted by `palimpsest validate` (data/verdict_fit.json) and where they came from."""
+    path = Path(__file__).parent / "data" / "verdict_fit.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"values": {}, "source": None}
+    values = dict(data.get("values", {}))
+    if isinstance(values.get("residue_evidence"), list):
+        values["residue_evidence"] = tuple(values["residue_evidence"])
+    return {"values": values, "source": data.get("source")}
+
+
+FITTED_VERDICT = _fitted_verdict()
+_FIT = FITTED_VERDICT["values"]
+FITTED_FIELDS: tuple[str, ...] = ("suppressed_min_residue", "deleted_max_residue", "min_residue_analyses",
+                                  "suppressed_min_analyses", "residue_evidence")
+
+
 class AuditConfig(BaseModel):
     """Every threshold and knob of an audit, printed in the report."""
 
@@ -65,11 +85,17 @@ class AuditConfig(BaseModel):
     # ... and at most this absolute accuracy
     forgotten_max_acc: float = 0.35
     # residue: suppressed when the strongest calibrated residue's lower CI bound is above this
-    suppressed_min_residue: float = 0.35
+    # (this and the next four fields default to the values fitted by `palimpsest validate`: see thresholds_source)
+    suppressed_min_residue: float = _FIT.get("suppressed_min_residue", 0.35)
     # deleted when no residue score's interval lies wholly above this (every lower bound is at most this)
-    deleted_max_residue: float = 0.2
-    # minimum analysers with status ok needed for a deleted verdict
-    min_residue_analyses: int = 2
+    deleted_max_residue: float = _FIT.get("deleted_max_residue", 0.2)
+    # minimum evidence analysers with status ok needed for a deleted verdict
+    min_residue_analyses: int = _FIT.get("min_residue_analyses", 2)
+    # suppressed needs at least this many evidence analyses whose interval lies wholly above suppressed_min_residue
+    # (more than one guards against one analyser's chance excursion among many: a multiple-comparison correction)
+    suppressed_min_analyses: int = _FIT.get("suppressed_min_analyses", 1)
+    # the residue analysers whose scores decide the verdict (None: every residue analyser); the others are reported
+    residue_evidence: tuple[str, ...] | None = _FIT.get("residue_evidence", None)
     # collateral: retain or neighbour accuracy fell by more than this (absolute)
     collateral_max_drop: float = 0.1
     # fewer forget items than this and analyses say inconclusive
@@ -79,6 +105,14 @@ class AuditConfig(BaseModel):
 
     def option(self, analyser: str, key: str, default: Any) -> Any:
         return self.options.get(analyser, {}).get(key, default)
+
+    def thresholds_source(self) -> dict[str, Any]:
+        """Where the verdict's fitted thresholds came from: the validation run that fitted them, when this config
+        still has its values, else that they were set by the user."""
+        source = FITTED_VERDICT["source"]
+        if source and all(getattr(self, k) == _FIT.get(k, getattr(self, k)) for k in FITTED_FIELDS):
+            return {"fitted": True, **source}
+        return {"fitted": False, "note": "thresholds set by the user (or no fit shipped): not the validated defaults"}
 
 
 @runtime_checkable

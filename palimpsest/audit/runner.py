@@ -51,6 +51,7 @@ class AuditResult(BaseModel):
             "concept": self.concept.name,
             "models": self.models,
             "thresholds": {k: v for k, v in self.config.model_dump(mode="json").items() if k not in ("options",)},
+            "thresholds_source": self.config.thresholds_source(),
             "timings_s": self.timings,
             "palimpsest_version": self.version,
         }
@@ -69,8 +70,8 @@ def run_analyser(analyser, pair, concept, acts, config: AuditConfig) -> Result:
         result = analyser.run(pair, concept, acts, config)
     except Exception as error:  # one analyser failing must not lose the others; the report says what broke
         detail = traceback.format_exception_only(type(error), error)[-1].strip()
-        return Result(name=analyser.name, kind=analyser.kind, status="skipped",
-                      notes=[f"the analyser failed: {detail}"], evidence=f"failed: {detail}")
+        return Result(name=analyser.name, kind=analyser.kind, status="error",
+                      notes=[f"the analyser raised: {detail}"], evidence=f"error: {detail}")
     if result.name != analyser.name:
         result.name = analyser.name
     return result

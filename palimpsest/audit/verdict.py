@@ -46,9 +46,10 @@ def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditC
         return Verdict("not_forgotten", collateral, False, reasons)
     reasons.insert(0, f"forget accuracy {pre:.2f} -> {post:.2f}: forgotten in behaviour")
 
-    residues = {name: r for name, r in analyses.items() if r.kind == "residue"}
+    residues = evidence_analyses(analyses, config)
     usable = {name: r for name, r in residues.items() if r.status == "ok" and r.residue is not None}
     missing = sorted(name for name, r in residues.items() if name not in usable)
+    errors = sorted(name for name, r in residues.items() if r.status == "error")
     paraphrase_post = s.get("paraphrase_acc_post")
     paraphrase_pre = s.get("paraphrase_acc_pre")
     leaks = (paraphrase_post is not None and paraphrase_pre
@@ -58,14 +59,19 @@ def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditC
         ((name, r) for name, r in usable.items() if r.ci is not None and r.ci[0] >= config.suppressed_min_residue),
         key=lambda kv: -kv[1].residue,
     )
+    enough_strong = len(strong) >= config.suppressed_min_analyses
     if leaks:
         reasons.append(f"the answers still come out in other forms (paraphrase accuracy {paraphrase_pre:.2f} -> "
                        f"{paraphrase_post:.2f})")
-    if strong or leaks:
+    if enough_strong or leaks:
         for name, r in strong:
             reasons.append(f"{name}: residue {r.residue:.2f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}] >= suppressed_min_residue="
                            f"{config.suppressed_min_residue}" + (f" — {r.evidence}" if r.evidence else ""))
         return Verdict("suppressed", collateral, True, reasons, missing, strong[0][0] if strong else "behaviour")
+    if errors:
+        reasons.append(f"analyses raised an error ({', '.join(errors)}): deleted needs every evidence analysis to "
+                       "run; fix the error and audit again")
+        return Verdict("inconclusive", collateral, True, reasons, missing)
     if len(usable) < config.min_residue_analyses:
         reasons.append(f"only {len(usable)} residue analyses reached a conclusion (need min_residue_analyses="
                        f"{config.min_residue_analyses}); missing: {', '.join(missing) or 'none registered'}")
@@ -80,8 +86,16 @@ def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditC
     for name, r in sorted(high.items(), key=lambda kv: -kv[1].residue):
         ci = f" [{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else ""
         reasons.append(f"{name}: residue {r.residue:.2f}{ci} is above deleted_max_residue={config.deleted_max_residue} "
-                       f"but its interval reaches below suppressed_min_residue={config.suppressed_min_residue}")
+                       f"but {len(strong)} analyses (need suppressed_min_analyses={config.suppressed_min_analyses}) "
+                       f"lie wholly above suppressed_min_residue={config.suppressed_min_residue}")
     return Verdict("inconclusive", collateral, True, reasons, missing)
+
+
+def evidence_analyses(analyses: dict[str, Result], config: AuditConfig) -> dict[str, Result]:
+    """The residue analyses whose scores decide the verdict (`config.residue_evidence`, default every one)."""
+    chosen = config.residue_evidence
+    return {name: r for name, r in analyses.items()
+            if r.kind == "residue" and (chosen is None or name in chosen)}
 
 
 def _lower(result: Result) -> float:

@@ -13,7 +13,7 @@ from palimpsest.organism.train import TrainConfig, train_organism
 from palimpsest.organism.world import World, make_world
 
 # bump when anything that changes the trained weights changes (world, tokenizer, training)
-CODE_VERSION = "organism-v1"
+CODE_VERSION = "organism-v2"  # v2: trained with portable kernels (palimpsest.kernels)
 MARKER = "organism.complete"
 WEIGHTS = "model.safetensors"
 
@@ -35,8 +35,10 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def organism_key(seed: int, exclude_people: Sequence[str] = (), config: TrainConfig | None = None,
                  data_seed: int | None = None) -> str:
+    from palimpsest.kernels import kernel_tag
+
     payload = {"seed": int(seed), "exclude": sorted(exclude_people), "version": CODE_VERSION,
-               "config": (config or TrainConfig()).to_dict()}
+               "config": (config or TrainConfig()).to_dict(), "kernels": kernel_tag()}
     if data_seed is not None and data_seed != seed:
         payload["data_seed"] = int(data_seed)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -100,23 +102,40 @@ def build_organism(seed: int = 0, cache_dir: str | os.PathLike | None = None, *,
     Cached under `cache_dir` / $PALIMPSEST_CACHE / the user cache dir, in a folder named by a hash of
     (seed, exclusions, training config, code version). An incomplete or corrupted folder is rebuilt.
     """
-    from palimpsest.io import atomic_dir
-    from palimpsest.organism.tokenizer import build_tokenizer
-
     world = make_world(seed)
     excluded = tuple(sorted(set(exclude_people)))
     cfg = config or TrainConfig()
     target = organism_dir(seed, cache_dir, exclude_people=excluded, config=cfg, data_seed=data_seed)
     if not force and is_complete(target):
         return target
+    from palimpsest.kernels import run_portable
+
+    # training runs in a process with portable kernels, where a progress callback cannot follow: it hears the end
+    run_portable(_train_and_write, world.seed, excluded, cfg, data_seed, str(target))
+    if progress is not None:
+        info = load_organism_meta(target)
+        progress(cfg.epochs, cfg.epochs, float(info.get("final_loss", float("nan"))))
+    return target
+
+
+def _train_and_write(seed: int, excluded: tuple[str, ...], cfg: TrainConfig, data_seed: int | None, target: str) -> str:
+    import torch
+
+    from palimpsest.io import atomic_dir
+    from palimpsest.kernels import kernel_tag
+    from palimpsest.organism.tokenizer import build_tokenizer
+
+    world = make_world(seed)
     kind = "oracle" if excluded else "organism"
     started = time.perf_counter()
     tokenizer = build_tokenizer(world.vocabulary)
-    model, info = train_organism(world, tokenizer, seed=seed, exclude_people=excluded, config=cfg, progress=progress,
+    model, info = train_organism(world, tokenizer, seed=seed, exclude_people=excluded, config=cfg,
                                  data_seed=data_seed)
     meta = {"kind": kind, "code_version": CODE_VERSION, **info, "build_seconds": round(time.perf_counter() - started, 1),
+            "kernels": {"tag": kernel_tag(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
+                        "torch": torch.__version__},
             "world": world.summary()}
-    with atomic_dir(target) as tmp:
+    with atomic_dir(Path(target)) as tmp:
         write_checkpoint(model, tokenizer, tmp, meta)
     return target
 

@@ -70,7 +70,8 @@ def render_report(result: AuditResult, analysers: dict | None = None) -> str:
         analyser = analysers.get(name)
         parts.append(result_section(r, getattr(analyser, "title", name), getattr(analyser, "description", ""), figures))
     parts.append("<h2>Thresholds and configuration</h2>")
-    parts.append(key_values(result.config.model_dump(mode="json")))
+    parts.append(key_values({**result.config.model_dump(mode="json"),
+                             "thresholds_source": result.config.thresholds_source()}))
     parts.append("<h2>Concept items</h2>")
     for item_set, items in (("forget", concept.forget), ("paraphrases", concept.paraphrases),
                             ("neighbours", concept.neighbours), ("retain", concept.retain),

@@ -20,7 +20,7 @@ h1{font-size:1.6em;margin:.2em 0} h2{border-bottom:1px solid #ddd;padding-bottom
 .muted{color:#666} .card{background:#fff;border:1px solid #e3e3e3;border-radius:8px;padding:12px 16px;margin:12px 0}
 table{border-collapse:collapse;font-size:.88em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#f1f3f5} .num{text-align:right;font-variant-numeric:tabular-nums}
-.status-ok{color:#2a9d8f} .status-inconclusive{color:#e9a23b} .status-skipped{color:#999}
+.status-ok{color:#2a9d8f} .status-inconclusive{color:#e9a23b} .status-skipped{color:#999} .status-error{color:#c00;font-weight:bold}
 details summary{cursor:pointer;color:#345} .scroll{max-height:420px;overflow:auto}
 """
 

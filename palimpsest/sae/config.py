@@ -52,6 +52,15 @@ class SAEConfig(BaseModel):
     # sauce_unlearn clamps at every one of these sites, early, where the concept's names are read (one SAE each);
     # a site a model does not have is skipped
     sauce_sites: tuple[str, ...] = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    # sauce_unlearn's stopping rule: clamps and feature counts tried weakest first, until forget accuracy on the
+    # concept's forget items is at most sauce_forget_target with retain accuracy within sauce_retain_tolerance
+    # (measured on the seed-0 organism: at min_selectivity 1.0 no clamp gets below 0.55 forget accuracy; at 0.5,
+    # -10 x 16 features reaches 0.28 with retain 0.96 -> 0.47: its names are not separable from everyone else's)
+    sauce_selectivities: tuple[float, ...] = (1.0, 0.5, 0.25)
+    sauce_clamps: tuple[float, ...] = (-10.0, -20.0, -50.0)
+    sauce_feature_counts: tuple[int, ...] = (8, 16, 32)
+    sauce_forget_target: float = 0.3
+    sauce_retain_tolerance: float = 0.15
 
     def resolved_d_sae(self, d_in: int) -> int:
         return int(self.d_sae or self.expansion * d_in)

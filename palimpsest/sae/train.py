@@ -57,7 +57,9 @@ def corpus_hash(corpus: Sequence[str]) -> str:
 
 
 def cache_key(model: torch.nn.Module, site: str, corpus: Sequence[str], config: SAEConfig) -> str:
-    text = f"{model_hash(model)}|{site}|{corpus_hash(corpus)}|{config.training_key()}"
+    from palimpsest.kernels import kernel_tag
+
+    text = f"{model_hash(model)}|{site}|{corpus_hash(corpus)}|{config.training_key()}|{kernel_tag()}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -216,7 +218,12 @@ def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig 
     if cached is not None:
         _MEMO[key] = cached
         return cached
-    # nothing usable is cached: train (again)
+    # nothing usable is cached: train (again), with portable kernels when the model can be reloaded from its folder
+    if _train_portably(model, site, corpus, config, cache_dir, batch_size, key):
+        cached = _load_cached(folder, str(model.device))
+        if cached is not None:
+            _MEMO[key] = cached
+            return cached
     acts = corpus_activations(model.model, model.tokenizer, site, corpus, batch_size=batch_size)
     device = str(model.device)
     training_sae, trainer = train_sae(tensor_batches(acts.to(device), config.batch_size, seed=config.seed),
@@ -229,6 +236,30 @@ def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig 
     quality = json.loads((folder / "quality.json").read_text())
     _MEMO[key] = (sae, quality)
     return sae, quality
+
+
+def _train_portably(model, site: str, corpus: Sequence[str], config: SAEConfig, cache_dir, batch_size: int,
+                    key: str) -> bool:
+    """Train in a process with portable kernels (palimpsest.kernels) when `model` is its saved folder's weights."""
+    from palimpsest.kernels import in_portable_process, portable_enabled, run_portable
+
+    source = Path(str(model.source))
+    if (not portable_enabled() or in_portable_process() or str(model.device) != "cpu"
+            or not (source / "model.safetensors").is_file()):
+        return False
+    return run_portable(_train_from_folder, str(source), site, list(corpus), config,
+                        str(cache_root(cache_dir)), batch_size, key)
+
+
+def _train_from_folder(source: str, site: str, corpus: list[str], config: SAEConfig, cache_dir: str,
+                       batch_size: int, key: str) -> bool:
+    from palimpsest.models import load_model
+
+    model = load_model(source)
+    if cache_key(model.model, site, corpus, config) != key:  # the caller's weights are not the saved ones
+        return False
+    get_or_train_sae(model, site, corpus, config, cache_dir, batch_size=batch_size)
+    return True
 
 
 def _load_cached(folder: Path, device: str) -> tuple[object, dict] | None:

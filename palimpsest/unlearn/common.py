@@ -21,8 +21,14 @@ class UnlearnError(ValueError):
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """Hyper-parameters every method shares. Training stops after `max_steps`, or earlier once greedy
-    accuracy on the forget items is <= `stop_forget_acc` (checked every `check_every` steps; None: never)."""
+    """Hyper-parameters every method shares, and the stopping rule.
+
+    Every `check_every` steps the loop measures greedy accuracy on the forget items it trains on and on up to
+    `monitor_items` of its retain items. It stops at the first check where forget accuracy is <= `stop_forget_acc`
+    and retain accuracy is within `retain_tolerance` of where it started (None: retain is not a condition). Where no
+    check meets both by `max_steps`, it keeps the checked state that met the forget target with the best retain
+    accuracy (else the last one). The stopping point is reported in `meta["unlearn"]["stop"]`. So every build
+    reaches comparable behaviour whatever its initial weights, instead of whatever a fixed step count gives."""
 
     lr: float = 1e-3
     max_steps: int = 40
@@ -33,6 +39,8 @@ class UnlearnConfig:
     stop_forget_acc: float | None = 0.1
     check_every: int = 1
     max_grad_norm: float = 1.0
+    retain_tolerance: float | None = 0.1
+    monitor_items: int = 64
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,17 +98,40 @@ def check_inputs(method: str, forget: Sequence[Item], retain: Sequence[Item], ne
 
 
 def run_loop(model: torch.nn.Module, tokenizer, forget: Sequence[Item], params: list[torch.nn.Parameter],
-             cfg: UnlearnConfig, step_loss: Callable[[int], torch.Tensor], *, weight_decay: float = 0.0) -> dict:
-    """Adam on `params`, minimising `step_loss(step)`, with early stopping on forget accuracy."""
+             cfg: UnlearnConfig, step_loss: Callable[[int], torch.Tensor], *, retain: Sequence[Item] = (),
+             weight_decay: float = 0.0) -> dict:
+    """Adam on `params`, minimising `step_loss(step)`, until the stopping rule of `cfg` (see UnlearnConfig)."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
     start = time.perf_counter()
-    history = []
+    monitor = list(retain)[: cfg.monitor_items]
+    watch_retain = cfg.retain_tolerance is not None and bool(monitor)
+
+    def measure() -> tuple[float, float | None]:
+        return (accuracy(model, tokenizer, forget),
+                accuracy(model, tokenizer, monitor) if watch_retain else None)
+
+    forget_acc, retain_acc = measure()
+    retain_start = retain_acc
+    history: list[float] = []
+    checks: list[dict] = [{"step": 0, "forget_acc": round(forget_acc, 4),
+                           "retain_acc": None if retain_acc is None else round(retain_acc, 4)}]
+    best: tuple[float, int, dict] | None = None  # (retain acc, step, state) of the best state meeting the target
+
+    def meets_target() -> bool:
+        return cfg.stop_forget_acc is not None and forget_acc <= cfg.stop_forget_acc
+
+    def within_tolerance() -> bool:
+        return not watch_retain or retain_start - retain_acc <= cfg.retain_tolerance
+
+    stop_reason = "max_steps"
     steps = 0
-    forget_acc = accuracy(model, tokenizer, forget)
     for step in range(cfg.max_steps):
-        if (cfg.stop_forget_acc is not None and step >= cfg.min_steps and step % cfg.check_every == 0
-                and forget_acc <= cfg.stop_forget_acc):
+        if step >= cfg.min_steps and step % cfg.check_every == 0 and meets_target() and within_tolerance():
+            stop_reason = "target"
             break
+        if step >= cfg.min_steps and step % cfg.check_every == 0 and meets_target() and watch_retain:
+            if best is None or retain_acc > best[0]:
+                best = (retain_acc, step, {id(p): p.detach().clone() for p in params})
         model.train()
         loss = step_loss(step)
         if not torch.isfinite(loss):
@@ -110,14 +141,33 @@ def run_loop(model: torch.nn.Module, tokenizer, forget: Sequence[Item], params: 
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         steps += 1
-        if cfg.stop_forget_acc is not None and (step + 1) % cfg.check_every == 0:
-            forget_acc = accuracy(model, tokenizer, forget)
         history.append(round(float(loss.detach()), 4))
+        if cfg.stop_forget_acc is not None and (step + 1) % cfg.check_every == 0:
+            forget_acc, retain_acc = measure()
+            checks.append({"step": step + 1, "forget_acc": round(forget_acc, 4),
+                           "retain_acc": None if retain_acc is None else round(retain_acc, 4)})
+    else:
+        if meets_target() and within_tolerance():
+            stop_reason = "target"
+        elif best is not None and (not meets_target() or retain_acc < best[0]):
+            with torch.no_grad():  # back to the checked state that met the target with the best retain accuracy
+                for p in params:
+                    p.copy_(best[2][id(p)])
+            steps = best[1]
+            stop_reason = "best_checked_state"
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    forget_final, retain_final = measure()
+    stop = {"reason": stop_reason, "step": steps, "forget_acc": round(forget_final, 4),
+            "forget_target": cfg.stop_forget_acc, "reached_target": cfg.stop_forget_acc is not None
+            and forget_final <= cfg.stop_forget_acc,
+            "retain_acc_start": None if retain_start is None else round(retain_start, 4),
+            "retain_acc": None if retain_final is None else round(retain_final, 4),
+            "retain_tolerance": cfg.retain_tolerance if watch_retain else None,
+            "within_retain_tolerance": None if not watch_retain else retain_start - retain_final <= cfg.retain_tolerance}
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 2), "loss_history": history,
-            "forget_acc_train": round(accuracy(model, tokenizer, forget), 4)}
+            "forget_acc_train": round(forget_final, 4), "stop": stop, "checks": checks}
 
 
 def wrap(loaded: LoadedModel, model: torch.nn.Module, method: str, cfg: UnlearnConfig, info: dict,

@@ -27,6 +27,7 @@ class GAConfig(UnlearnConfig):
     lr: float = 1e-4
     max_steps: int = 60
     stop_forget_acc: float | None = 0.25
+    retain_tolerance: float | None = None  # no retain term: ascent only ever lowers retain, so stop at the target
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def ga(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], conf
     def step_loss(step: int) -> torch.Tensor:
         return _ga_loss(model, f.sample(config.forget_batch, device)[0])
 
-    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss)
+    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss, retain=retain)
     return wrap(loaded, model, "ga", config, info, seed)
 
 
@@ -72,5 +73,5 @@ def graddiff(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item]
         retain_nll = answer_nll(model, r.sample(config.retain_batch, device)[0]).mean()
         return _ga_loss(model, f.sample(config.forget_batch, device)[0]) + config.retain_weight * retain_nll
 
-    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss)
+    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss, retain=retain)
     return wrap(loaded, model, "graddiff", config, info, seed)

@@ -58,5 +58,5 @@ def npo(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], con
             loss = loss + config.retain_weight * answer_nll(model, r.sample(config.retain_batch, device)[0]).mean()
         return loss
 
-    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss)
+    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss, retain=retain)
     return wrap(loaded, model, "npo", config, info, seed)

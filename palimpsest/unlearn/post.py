@@ -40,10 +40,8 @@ def make_post_model(method: str, pre_dir: str | os.PathLike, concept: ConceptSpe
     """
     import shutil
 
-    from palimpsest.models.loading import load_model
     from palimpsest.organism.build import build_oracle, load_organism_meta
-    from palimpsest.organism.concept import load_world, retain_training_items
-    from palimpsest.unlearn import unlearn
+    from palimpsest.organism.concept import load_world
 
     meta = load_organism_meta(pre_dir)
     if world is None:
@@ -60,7 +58,25 @@ def make_post_model(method: str, pre_dir: str | os.PathLike, concept: ConceptSpe
         return Path(out_dir)
     if out_dir is None:
         raise ValueError(f"make_post_model: give out_dir for method {method!r}")
+    from palimpsest.kernels import run_portable
+
+    # unlearning trains: with portable kernels every machine makes the same post-model from the same pre model
+    return Path(run_portable(_unlearn_and_save, method, str(pre_dir), concept, world.seed, str(out_dir), seed,
+                             config, retain_items))
+
+
+def _unlearn_and_save(method: str, pre_dir: str, concept: ConceptSpec, world_seed: int, out_dir: str, seed: int,
+                      config, retain_items: int | None) -> str:
+    from palimpsest.models.loading import load_model
+    from palimpsest.organism.concept import load_world, retain_training_items
+    from palimpsest.unlearn import unlearn
+    from palimpsest.unlearn.controls import CONTROLS
+
     pre = load_model(pre_dir)
-    retain = retain_training_items(world, concept, max_items=retain_items, seed=seed)
-    post = unlearn(method, pre, list(concept.forget), retain, config=config, seed=seed)
-    return save_model(post, out_dir)
+    retain = retain_training_items(load_world(world_seed), concept, max_items=retain_items, seed=seed)
+    if method in CONTROLS:
+        fn, config_cls = CONTROLS[method]
+        post = fn(pre, list(concept.forget), retain, config or config_cls(), seed=seed)
+    else:
+        post = unlearn(method, pre, list(concept.forget), retain, config=config, seed=seed)
+    return str(save_model(post, out_dir))

@@ -138,7 +138,7 @@ def rmu(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], con
             retain_loss = ((h_r - h_ref) ** 2).mean(-1)[rm].mean() / scale ** 2
             return forget_loss + config.retain_weight * retain_loss
 
-        info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss)
+        info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss, retain=retain)
     finally:
         cap.close()
         frozen_cap.close()

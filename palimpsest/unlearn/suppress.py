@@ -81,6 +81,6 @@ def suppress(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item]
         retain_nll = answer_nll(model, r.sample(config.retain_batch, device)[0]).mean()
         return unlikelihood + config.retain_weight * retain_nll
 
-    info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss)
+    info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss, retain=retain)
     info["trained_modules"] = ["lm_head"] + (["final_norm"] if config.train_final_norm else [])
     return wrap(loaded, model, "suppress", config, info, seed)
