@@ -14,9 +14,22 @@ from typing import Annotated, Callable, Optional
 import typer
 
 ORGANISM_METHODS = ("oracle", "suppress", "ga", "graddiff", "npo", "rmu", "sauce")
-# ground truth the audit must reproduce on the organism's controls (sauce: hooks clamp SAE concept features at
-# inference, weights untouched, so it is suppression by construction; measured forget accuracy 0.92 -> 0.33)
+# truth by construction of the organism's controls (sauce: hooks clamp SAE concept features at inference, weights
+# untouched); the comparison page applies the verdict's first gate to it (palimpsest.validate.cases.gated_truth)
 EXPECTED = {"oracle": "deleted", "suppress": "suppressed", "sauce": "suppressed"}
+
+
+def expected_verdicts(results: dict) -> dict[str, str]:
+    """The verdict each control must get: its construction when its behaviour is forgotten, else not_forgotten
+    (a weak control: the unlearning did not reach the forgotten bound, so nothing is left to call suppressed)."""
+    from palimpsest.validate.cases import gated_truth
+
+    out = {}
+    for method, construction in EXPECTED.items():
+        if method in results:
+            truth, weak = gated_truth(construction, results[method].behaviour_forgotten)
+            out[method] = truth + (" (weak control)" if weak else "")
+    return out
 FLOOR_DATA_SEED = 1  # the calibration floor: an oracle retrained with another batch order
 
 Progress = Callable[..., None]  # (message, units of work finished)
@@ -196,7 +209,7 @@ def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: in
                 step(f"{method}: {results[method].verdict}", 1)
         results = {method: results[method] for method in methods}
     write_comparison(results, out_dir, title="palimpsest demo: the model organism",
-                     expected={m: v for m, v in EXPECTED.items() if m in results},
+                     expected=expected_verdicts(results),
                      notes=[f"pre model: {setup.pre_dir.name}; floor: an oracle retrained with data seed "
                             f"{FLOOR_DATA_SEED} ({setup.floor_dir.name}); total {time.perf_counter() - started:.0f} s"])
     return results

@@ -128,3 +128,34 @@ def submit_all(fn: Callable[..., Any], calls: list[tuple], max_workers: int) -> 
         pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
         futures = [pool.submit(fn, *call) for call in calls]
     return pool, futures
+
+
+def kernel_fingerprint(steps: int = 20) -> str:
+    """A digest of a small network after `steps` Adam steps (matmuls, RMS norm, SiLU, softmax, cross-entropy): two
+    processes that give the same digest train bit-identical organisms. `run_portable(kernel_fingerprint)` is the
+    portable path's digest, the same on every x86-64 CPU with AVX2 (and the same torch build)."""
+    import hashlib
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 48, generator=generator)
+        y = torch.randint(0, 16, (64,), generator=generator)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.RMSNorm(96), torch.nn.SiLU(),
+                                  torch.nn.Linear(96, 16))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        digest = hashlib.sha256()
+        for tensor in net.state_dict().values():
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+    finally:
+        torch.set_num_threads(threads)

@@ -136,17 +136,25 @@ def test_subject_carries_most_attribution_on_pre(organism_pair_suppress, organis
     assert np.mean(shares) > 0.5, np.mean(shares)
 
 
-def test_integrated_gradients_complete_on_organism(organism_pair_suppress, organism_concept):
+def test_integrated_gradients_complete_on_organism(organism_pair_suppress, organism_concept, record_property):
     """Completeness on a trained RMSNorm model, with the default (mean-embedding) baseline: the word scores sum to
-    LP(x) - LP(baseline) within a few percent."""
+    LP(x) - LP(baseline), the error shrinking with the number of steps (a Riemann sum converging). Measured on the
+    seed-0 organism: mean error / mean gap 0.162 at 32 steps, 0.088 at 64, 0.013 at 128 (bound 0.05: margin 0.037)."""
     pre = organism_pair_suppress.pre
     items = _trained_form(organism_concept, 12)
-    attrs = integrated_gradients(pre.model, pre.tokenizer, items, n_steps=64)
-    full = score_answers(pre.model, pre.tokenizer, items).mean_logprob
-    gaps = np.array([a.target - a.reference for a in attrs])
-    sums = np.array([a.scores.sum() for a in attrs])
-    np.testing.assert_allclose([a.target for a in attrs], full, atol=1e-4)  # the target is the scorer's LP
-    assert np.abs(sums - gaps).mean() <= 0.05 * np.abs(gaps).mean(), (sums, gaps)
+
+    def relative_error(n_steps: int) -> float:
+        attrs = integrated_gradients(pre.model, pre.tokenizer, items, n_steps=n_steps)
+        full = score_answers(pre.model, pre.tokenizer, items).mean_logprob
+        np.testing.assert_allclose([a.target for a in attrs], full, atol=1e-4)  # the target is the scorer's LP
+        gaps = np.array([a.target - a.reference for a in attrs])
+        sums = np.array([a.scores.sum() for a in attrs])
+        return float(np.abs(sums - gaps).mean() / np.abs(gaps).mean())
+
+    coarse, fine = relative_error(32), relative_error(128)
+    record_property("ig_relative_error_32", round(coarse, 4))
+    record_property("ig_relative_error_128", round(fine, 4))
+    assert fine <= 0.05 and fine < coarse / 2, (coarse, fine)
 
 
 def _run(pair, concept):
@@ -154,10 +162,12 @@ def _run(pair, concept):
 
 
 def test_emphasis_recovers_more_on_suppression_than_on_oracle(organism_pair_suppress, organism_pair_ga,
-                                                              organism_pair_oracle, organism_concept):
+                                                              organism_pair_oracle, organism_concept, record_property):
     results = {name: _run(pair, organism_concept) for name, pair in
                (("suppress", organism_pair_suppress), ("ga", organism_pair_ga), ("oracle", organism_pair_oracle))}
     residue = {name: r.residue for name, r in results.items()}
+    for name, value in residue.items():
+        record_property(f"emphasis_residue_{name}", None if value is None else round(value, 4))
     assert all(r.status == "ok" for r in results.values()), {n: r.evidence for n, r in results.items()}
     # oracle: the rewrites reach no more of the answer than on an independently trained never-learned model
     assert residue["oracle"] <= 0.3, residue

@@ -93,3 +93,16 @@ def test_interrupt_leaves_no_report(tiny_dir, tmp_path, concept_file, monkeypatc
                                  str(concept_file), "--out", str(out), "--analysers", "behaviour"])
     assert result.exit_code == 130 and not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".audit")]
+
+
+def test_validate_bad_input_exits_2_before_any_work(tmp_path):
+    result = runner.invoke(app, ["validate", "--worlds", "0", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2 and "at least 1" in result.output
+    result = runner.invoke(app, ["validate", "--controls", "oracle,nope", "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2 and "nope" in result.output and "suppress" in result.output
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"suppressed_min_residu": 0.3}))
+    result = runner.invoke(app, ["validate", "--config", str(config), "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2 and "suppressed_min_residu" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()  # nothing was started, nothing written

@@ -109,3 +109,21 @@ def test_bad_exclusion_is_a_one_line_error(tmp_path):
 
     with pytest.raises(OrganismError, match="not trained people"):
         build_organism(0, tmp_path, exclude_people=["Nobody Here"], config=TINY)
+
+
+def test_the_build_records_its_kernels(organism_setup, record_property):
+    """Each build says which kernels trained it; the matrix (tools/kernel_matrix.py) compares these digests across
+    kernel paths: with portable kernels they are equal on every path (measured: pre 31e7218c... on native, avx2 and
+    default callers alike)."""
+    import json
+
+    from palimpsest.kernels import kernel_tag
+    from palimpsest.organism import load_organism_meta
+
+    for kind in ("pre_dir", "oracle_dir", "floor_dir"):
+        folder = getattr(organism_setup, kind)
+        meta = load_organism_meta(folder)
+        assert meta["kernels"]["tag"] == kernel_tag()
+        if kernel_tag() == "avx2+mkl-avx2":
+            assert meta["kernels"]["aten_capability"] == "AVX2"
+        record_property(f"{kind}_sha256", json.loads((folder / "organism.complete").read_text())["sha256"][:16])

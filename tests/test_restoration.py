@@ -229,7 +229,7 @@ def test_suppress_head_only_change_is_ablated_in_the_output_layer(suppress_resul
 @pytest.mark.slow
 def test_oracle_every_restoration_stays_near_its_floor(oracle_results):
     for name, result in oracle_results.items():
-        assert result.status != "skipped", (name, result.notes)
+        assert result.status not in ("skipped", "error"), (name, result.notes)
         if result.status == "ok":
             assert result.residue <= 0.25, (name, result.residue, result.summary)
 

@@ -21,7 +21,7 @@ def render_comparison(results: dict[str, AuditResult], *, title: str, expected: 
     for method, r in results.items():
         b = r.behaviour.summary if r.behaviour else {}
         cells = [f'<a href="{esc(method)}/report.html">{esc(method)}</a>', badge(r.verdict),
-                 esc(expected.get(method, "—")) + (" ✓" if expected.get(method) == r.verdict else
+                 esc(expected.get(method, "—")) + (" ✓" if expected.get(method, "").split(" ")[0] == r.verdict else
                                                     (" ✗" if method in expected else "")),
                  "yes" if r.collateral else "no",
                  f"{fmt(b.get('forget_acc_pre'))} → {fmt(b.get('forget_acc_post'))}",

@@ -27,7 +27,7 @@ VERDICTS: tuple[str, ...] = ("deleted", "suppressed", "not_forgotten", "inconclu
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
     "suppressed_min_residue": (0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
     "deleted_max_residue": (0.1, 0.15, 0.2, 0.25, 0.3),
-    "min_residue_analyses": (2, 4, 6, 8),
+    "min_residue_analyses": (2, 4, 6, 8, 10),
     "suppressed_min_analyses": (1, 2, 3),
 }
 FIT_FIELDS: tuple[str, ...] = ("suppressed_min_residue", "deleted_max_residue", "min_residue_analyses",
@@ -36,10 +36,10 @@ EVIDENCE_AUC_THRESHOLDS: tuple[float, ...] = (0.7, 0.8, 0.9)
 
 FIT_CRITERION = (
     "fewest training false `deleted` verdicts (truth suppressed, verdict deleted), then fewest errors (verdict != "
-    "truth over the scored cases, inconclusive counting as an error), then most fitted fields equal to the base "
-    "config, then larger suppressed_min_analyses, smaller deleted_max_residue, larger min_residue_analyses, more "
-    "evidence analysers (None = all), smaller suppressed_min_residue, then grid order"
-)
+    "truth over the scored cases, inconclusive counting as an error), then the largest min_residue_analyses (deleted "
+    "asks for as much conclusive evidence as the training cases allow), then most fitted fields equal to the base "
+    "config, then larger suppressed_min_analyses, smaller deleted_max_residue, more evidence analysers (None = all), "
+    "smaller suppressed_min_residue, then grid order")
 
 
 class CaseOutcome(BaseModel):
@@ -287,8 +287,8 @@ def fit_verdict(train_results: Sequence[tuple[str, Any]], base_config: AuditConf
     residue_evidence defaults to None plus the analysers whose training AUC is >= 0.7 / 0.8 / 0.9).
 
     The rule (FIT_CRITERION), lexicographic: fewest training false `deleted` (truth suppressed -> verdict deleted),
-    then fewest errors (verdict != truth; inconclusive is an error), then most of the five fields equal to
-    base_config's, then larger suppressed_min_analyses, smaller deleted_max_residue, larger min_residue_analyses, more
+    then fewest errors (verdict != truth; inconclusive is an error), then the largest min_residue_analyses, then most
+    of the five fields equal to base_config's, then larger suppressed_min_analyses, smaller deleted_max_residue, more
     evidence analysers (None counts as all), smaller suppressed_min_residue, then the first in grid order.
     """
     scored = [(truth, result) for truth, result in train_results if truth in TRUTHS]
@@ -323,7 +323,8 @@ def fit_verdict(train_results: Sequence[tuple[str, Any]], base_config: AuditConf
         errors, false_deleted = _score(truths, evaluate_config(results, base_config.model_copy(update=values)))
         same = sum(values[k] == base_values[k] for k in FIT_FIELDS)
         n_evidence = n_all if evidence is None else len(evidence)
-        key = (false_deleted, errors, -same, -sup_analyses, dele, -min_analyses, -n_evidence, sup, tried)
+        # among equally good rules, the one that asks most conclusive analyses before it says deleted comes first
+        key = (false_deleted, errors, -min_analyses, -same, -sup_analyses, dele, -n_evidence, sup, tried)
         tried += 1
         if best_key is None or key < best_key:
             best_key, best, best_score = key, values, (errors, false_deleted)
