@@ -95,8 +95,14 @@ def organism_setup(seed: int = 0, cache_dir: str | Path | None = None, *, forget
 
 
 def _post_key(method: str, setup: OrganismSetup, seed: int) -> str:
-    payload = {"pre": setup.pre_dir.name, "method": method, "seed": seed,
-               "concept": setup.concept.model_dump(mode="json")}
+    """The post-model's cache key: the pre model, the method and its default config, the seed, the concept."""
+    from palimpsest.kernels import kernel_tag
+    from palimpsest.unlearn import METHODS
+    from palimpsest.unlearn.controls import CONTROLS
+
+    config_cls = METHODS[method].config_cls if method in METHODS else CONTROLS[method][1]
+    payload = {"pre": setup.pre_dir.name, "method": method, "seed": seed, "config": config_cls().to_dict(),
+               "concept": setup.concept.model_dump(mode="json"), "kernels": kernel_tag()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

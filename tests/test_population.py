@@ -43,7 +43,9 @@ def _count(values: dict[int, float], ok) -> int:
 
 def test_methods_generalise_retain_in_most_worlds(worlds, references, record_property):
     """The stopping rule reaches each method's forget target in every world, and the concept's retain people (never
-    trained on) keep at least half their accuracy in at least 3 of 4 worlds."""
+    trained on) keep at least half their accuracy in at least 3 of 4 worlds. Measured (worlds 0-3, portable
+    kernels): graddiff 0.76 / 0.68 / 0.72 / 0.80, npo 0.76 / 0.68 / 0.80 / 0.80, rmu 0.64 / 0.64 / 0.88 / 0.92,
+    suppress 0.92 / 0.88 / 0.80 / 0.88: every world clears 0.5, the closest by 0.14."""
     from palimpsest.organism.evaluate import accuracy
     from palimpsest.unlearn import METHODS
 
@@ -70,21 +72,25 @@ def _stop_of(setup, method: str) -> dict:
 def test_direction_ablation_reads_the_suppress_edit_in_most_worlds(worlds, references, record_property):
     """The head-only edit lives in a few directions of lm_head: projecting them out restores more of the suppress
     control's answers than of the oracle's, by at least 0.1, in at least 3 of 4 worlds, and nothing significant of the
-    oracle's in any. Measured (portable kernels): suppress residue 0.32 / 0.21 / 0.32 / ... vs oracle 0.05 / 0.0 /
-    0.0 / ...; the lower bound reaches suppressed_min_residue (0.35) in few worlds, so that is not asserted."""
+    oracle's in any. Measured (worlds 0-3, portable kernels): suppress minus oracle 0.27 / 0.21 / 0.32 / 0.24 (bound
+    0.1, closest margin 0.11), oracle lower bounds 0.0 in all four (bound 0.2); the suppress control's lower bound
+    reaches suppressed_min_residue (0.35) in few worlds, so that is not asserted."""
     from palimpsest.audit.registry import load_analysers
+    from palimpsest.capture import Activations
     from palimpsest.models import ModelPair, load_model
     from palimpsest.types import AuditConfig
 
     analyser = load_analysers()["direction_ablation"]
     config = AuditConfig(n_bootstrap=300)
+
+    def run(pair, concept):
+        return analyser.run(pair, concept, Activations.for_pair(pair, concept), config)
+
     gain, oracle_low = {}, {}
     for w, setup in worlds.items():
         pre, floor = references[w]
-        result = analyser.run(ModelPair(pre=pre, post=_post("suppress", setup), floor=floor), setup.concept, None,
-                              config)
-        oracle = analyser.run(ModelPair(pre=pre, post=load_model(setup.oracle_dir, name="post"), floor=floor),
-                              setup.concept, None, config)
+        result = run(ModelPair(pre=pre, post=_post("suppress", setup), floor=floor), setup.concept)
+        oracle = run(ModelPair(pre=pre, post=load_model(setup.oracle_dir, name="post"), floor=floor), setup.concept)
         gain[w] = (result.residue or 0.0) - (oracle.residue or 0.0)
         oracle_low[w] = oracle.ci[0] if oracle.ci else 0.0
     record_property("suppress_minus_oracle_by_world", {w: round(v, 3) for w, v in gain.items()})

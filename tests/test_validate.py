@@ -98,11 +98,12 @@ def test_an_analyser_that_raises_is_an_error_and_blocks_deleted():
 def test_suppressed_needs_suppressed_min_analyses(needed, expected):
     analyses = {"high": Result(name="high", residue=0.8, ci=(0.6, 0.9)),
                 **{f"low{i}": Result(name=f"low{i}", residue=0.0, ci=(0.0, 0.1)) for i in range(3)}}
-    assert decide(_behaviour(), analyses, AuditConfig(suppressed_min_analyses=needed)).verdict == expected
+    config = AuditConfig(suppressed_min_analyses=needed, min_residue_analyses=2)
+    assert decide(_behaviour(), analyses, config).verdict == expected
 
 
 def test_residue_evidence_limits_what_decides():
     analyses = {"high": Result(name="high", residue=0.8, ci=(0.6, 0.9)),
                 **{f"low{i}": Result(name=f"low{i}", residue=0.0, ci=(0.0, 0.1)) for i in range(3)}}
-    config = AuditConfig(residue_evidence=("low0", "low1", "low2"))
+    config = AuditConfig(residue_evidence=("low0", "low1", "low2"), min_residue_analyses=2)
     assert decide(_behaviour(), analyses, config).verdict == "deleted"

@@ -22,6 +22,10 @@ from palimpsest.validate.scoring import (
     summary,
 )
 
+# the pre-fit thresholds, explicit: the shipped defaults are whatever the last validation run fitted
+BASE = AuditConfig(suppressed_min_residue=0.35, deleted_max_residue=0.2, min_residue_analyses=2,
+                   suppressed_min_analyses=1, residue_evidence=None)
+
 # ---------------------------------------------------------------- synthetic audit results
 
 
@@ -179,7 +183,7 @@ def test_auc_ignores_non_ok_and_needs_two_per_class():
 
 def test_fit_verdict_picks_the_separating_analysers():
     train = separable_population()
-    base = AuditConfig()
+    base = BASE
     truths = [t for t, _ in train]
     base_verdicts = evaluate_config(train, base)
     base_errors = sum(v != t for t, v in zip(truths, base_verdicts))
@@ -208,23 +212,23 @@ def test_fit_verdict_removes_false_deleted():
             f"a{j}": residue(f"a{j}", 0.3, 0.18, 0.42) for j in range(2)})))
         train.append(("deleted", FakeAudit(behaviour(), {
             f"a{j}": residue(f"a{j}", 0.02 + 0.01 * i, 0.0, 0.08) for j in range(2)})))
-    fit = fit_verdict(train, AuditConfig())
+    fit = fit_verdict(train, BASE)
     assert fit.base_false_deleted == 4
     assert fit.train_false_deleted == 0
     assert fit.train_errors <= fit.base_errors
-    verdicts = evaluate_config(train, fitted_config(AuditConfig(), fit.values))
+    verdicts = evaluate_config(train, fitted_config(BASE, fit.values))
     assert not any(t == "suppressed" and v == "deleted" for (t, _), v in zip(train, verdicts))
 
 
 def test_fit_verdict_respects_a_given_grid():
     train = separable_population()
-    fit = fit_verdict(train, AuditConfig(), grid={"suppressed_min_residue": [0.35], "deleted_max_residue": [0.2],
+    fit = fit_verdict(train, BASE, grid={"suppressed_min_residue": [0.35], "deleted_max_residue": [0.2],
                                                   "min_residue_analyses": [2], "suppressed_min_analyses": [1],
                                                   "residue_evidence": [None]})
     assert fit.candidates_tried == 1
     assert fit.train_errors == fit.base_errors
     with pytest.raises(ValueError):
-        fit_verdict(train, AuditConfig(), grid={"seed": [1]})
+        fit_verdict(train, BASE, grid={"seed": [1]})
 
 
 # ---------------------------------------------------------------- splitting worlds
@@ -251,7 +255,7 @@ def test_validation_page_renders_and_escapes(tmp_path):
                    residues={"a": {"residue": 0.1, "ci": [0.0, 0.2], "status": "ok"}})
     cases.append(evil)
     train = separable_population()
-    fit = fit_verdict(train, AuditConfig(), grid={"min_residue_analyses": [2], "suppressed_min_analyses": [1]})
+    fit = fit_verdict(train, BASE, grid={"min_residue_analyses": [2], "suppressed_min_analyses": [1]})
     fit.train_worlds = [0]
     held = [c for c in cases if c.world == 1]
     report = {
@@ -261,7 +265,7 @@ def test_validation_page_renders_and_escapes(tmp_path):
         "fit": fit.model_dump(mode="json"),
         "analyser_auc": analyser_auc(auc_population([0.6, 0.7, 0.8], [0.0, 0.1, 0.2]) + cases, n_bootstrap=100),
         "cases": [c.model_dump() for c in cases], "kernels": "kernel <script>x</script>", "seconds": 12.5,
-        "config": AuditConfig().model_dump(mode="json"),
+        "config": BASE.model_dump(mode="json"),
     }
     html = render_validation(report, "validation <i>title</i>")
     for case in hand_population():

@@ -29,7 +29,7 @@ from palimpsest.unlearn.common import (
 @dataclass(frozen=True)
 class RMUConfig(UnlearnConfig):
     lr: float = 1e-3
-    max_steps: int = 60
+    max_steps: int = 150  # a budget for the stopping rule: 60 left one of eight organism builds at 0.15 > 0.1
     layer: int | None = None  # None: the middle layer (n_layers // 2)
     n_update_layers: int = 3  # the MLPs of layers layer-n+1 .. layer are trained
     steering_scale: float = 4.0
