@@ -19,22 +19,13 @@ import torch
 from palimpsest.concepts.spec import Item
 from palimpsest.models.loading import LoadedModel
 from palimpsest.organism.evaluate import accuracy, answer_text
-from palimpsest.unlearn.common import (
-    Batches,
-    UnlearnConfig,
-    UnlearnError,
-    answer_nll,
-    check_inputs,
-    copy_model,
-    run_loop,
-    wrap,
-)
-from palimpsest.unlearn.gradient import GAConfig, _ga_loss, ga
+from palimpsest.unlearn.common import UnlearnConfig, UnlearnError, check_inputs, wrap
+from palimpsest.unlearn.gradient import GAConfig, GradDiffConfig, ga, graddiff
 from palimpsest.unlearn.rmu import decoder_layers
 
 
 @dataclass(frozen=True)
-class TailGradDiffConfig(UnlearnConfig):
+class TailGradDiffConfig(GradDiffConfig):
     """GradDiff restricted to the last decoder block and the final norm."""
 
     lr: float = 1e-3
@@ -76,25 +67,9 @@ def tail_modules(model) -> list[torch.nn.Module]:
 
 def tail_graddiff(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], config: TailGradDiffConfig,
                   seed: int = 0) -> LoadedModel:
-    check_inputs("tail_graddiff", forget, retain, needs_retain=True)
-    torch.manual_seed(seed)
-    model = copy_model(loaded)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for m in tail_modules(model) for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    f = Batches.of(loaded.tokenizer, forget, seed)
-    r = Batches.of(loaded.tokenizer, retain, seed + 1)
-    device = next(model.parameters()).device
-
-    def step_loss(step: int) -> torch.Tensor:
-        retain_nll = answer_nll(model, r.sample(config.retain_batch, device)[0]).mean()
-        return _ga_loss(model, f.sample(config.forget_batch, device)[0]) + config.retain_weight * retain_nll
-
-    info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss, retain=retain)
-    info["trained_modules"] = ["last block", "final norm"]
-    return wrap(loaded, model, "tail_graddiff", config, info, seed)
+    post = graddiff(loaded, forget, retain, config, seed, trainable=tail_modules, method="tail_graddiff")
+    post.meta["unlearn"]["trained_modules"] = ["last block", "final norm"]
+    return post
 
 
 def weak_ga(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], config: WeakGAConfig,

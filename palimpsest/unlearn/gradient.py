@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +61,19 @@ def ga(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], conf
 
 
 def graddiff(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item], config: GradDiffConfig,
-             seed: int = 0) -> LoadedModel:
-    check_inputs("graddiff", forget, retain, needs_retain=True)
+             seed: int = 0, *, trainable: Callable[[torch.nn.Module], list[torch.nn.Module]] | None = None,
+             method: str = "graddiff") -> LoadedModel:
+    """`trainable(model)` picks the modules to train (default: every parameter); the others stay bit-identical."""
+    check_inputs(method, forget, retain, needs_retain=True)
     torch.manual_seed(seed)
     model = copy_model(loaded)
+    params = list(model.parameters())
+    if trainable is not None:
+        for p in params:
+            p.requires_grad_(False)
+        params = [p for m in trainable(model) for p in m.parameters()]
+        for p in params:
+            p.requires_grad_(True)
     f = Batches.of(loaded.tokenizer, forget, seed)
     r = Batches.of(loaded.tokenizer, retain, seed + 1)
     device = next(model.parameters()).device
@@ -73,5 +82,5 @@ def graddiff(loaded: LoadedModel, forget: Sequence[Item], retain: Sequence[Item]
         retain_nll = answer_nll(model, r.sample(config.retain_batch, device)[0]).mean()
         return _ga_loss(model, f.sample(config.forget_batch, device)[0]) + config.retain_weight * retain_nll
 
-    info = run_loop(model, loaded.tokenizer, forget, list(model.parameters()), config, step_loss, retain=retain)
-    return wrap(loaded, model, "graddiff", config, info, seed)
+    info = run_loop(model, loaded.tokenizer, forget, params, config, step_loss, retain=retain)
+    return wrap(loaded, model, method, config, info, seed)
