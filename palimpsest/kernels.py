@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,7 +28,7 @@ def portable_enabled() -> bool:
 
 
 def in_portable_process() -> bool:
-    """True in a process started by `pinned_env` (its kernels were chosen from PORTABLE_ENV at start-up)."""
+    """True in a process started with PORTABLE_ENV by this module (its kernels were chosen from it at start-up)."""
     return os.environ.get(MARKER) == "1" and all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
 
 
@@ -54,18 +54,6 @@ def pinned_env() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def worker_env() -> Callable[[], Any]:
-    """The context to start worker pools in: pinned kernels when enabled, else the caller's environment."""
-    if portable_enabled() and not in_portable_process():
-        return pinned_env
-    return _unchanged
-
-
-@contextmanager
-def _unchanged() -> Iterator[None]:
-    yield
 
 
 def run_portable(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -124,7 +112,8 @@ def submit_all(fn: Callable[..., Any], calls: list[tuple], max_workers: int) -> 
     """A spawn pool whose workers start with portable kernels (when enabled), and the futures of `fn(*call)` for
     each call. Workers are started while the tasks are submitted, so the environment is pinned only for that."""
     context = multiprocessing.get_context("spawn")
-    with worker_env()():
+    pinned = portable_enabled() and not in_portable_process()
+    with pinned_env() if pinned else nullcontext():
         pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
         futures = [pool.submit(fn, *call) for call in calls]
     return pool, futures

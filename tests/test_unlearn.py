@@ -63,8 +63,9 @@ def test_unlearn_never_edits_its_input(pre, setup):
 
 # generalisation to the concept's retain people (never trained on by the method), measured on the seed-0 organism
 # (portable kernels, so every kernel path here): ga 0.48, graddiff 0.76, npo 0.76, rmu 0.64, suppress 0.92.
-# Bounds: ga 0.3 (margin 0.18: no retain term, known to damage), the others 0.5 (smallest margin rmu, 0.14).
-MIN_RETAIN_GENERALISATION = {"ga": 0.3}
+# On one build only "not destroyed" is asserted (0.3: smallest margin ga, 0.18); that the methods keep at least half
+# of it is a property of most builds, asserted over four worlds in tests/test_population.py.
+MIN_RETAIN_ONE_BUILD = 0.3
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -85,7 +86,7 @@ def test_method_stops_by_its_rule_forgets_and_retains(method, pre, setup, posts,
     assert forget_post <= cfg.stop_forget_acc
     if cfg.retain_tolerance is not None and stop["reason"] == "target":  # ... within the retain tolerance
         assert stop["within_retain_tolerance"], stop
-    assert retain_post >= MIN_RETAIN_GENERALISATION.get(method, 0.5)
+    assert retain_post >= MIN_RETAIN_ONE_BUILD
     assert post.meta["unlearn"]["method"] == method
 
 
