@@ -35,7 +35,7 @@ class GradDiffConfig(UnlearnConfig):
     """Gradient difference: ascend on forget, descend on retain (weighted by retain_weight)."""
 
     lr: float = 2e-4
-    max_steps: int = 50
+    max_steps: int = 100  # a budget for the stopping rule (one of eight other-kernel builds needed all of 50)
     retain_batch: int = 128
     retain_weight: float = 10.0
     stop_forget_acc: float | None = 0.2

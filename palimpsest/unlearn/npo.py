@@ -27,7 +27,7 @@ from palimpsest.unlearn.common import (
 @dataclass(frozen=True)
 class NPOConfig(UnlearnConfig):
     lr: float = 2e-4
-    max_steps: int = 50
+    max_steps: int = 100  # a budget for the stopping rule, as graddiff
     beta: float = 0.1
     retain_batch: int = 128
     retain_weight: float = 10.0
