@@ -58,5 +58,6 @@ def main() -> None:
                       run_config_accuracy=overall["accuracy"], seconds=round(seconds, 1)))
 
 
+# output contract: the last line printed is the JSON result {"benchmark", "ratio", "target", "met", ...} (result_line)
 if __name__ == "__main__":
     main()

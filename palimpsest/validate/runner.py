@@ -25,15 +25,9 @@ def _setup(world: int, forget_set: int, cache: str):
     return organism_setup(world, cache, forget_people=forget_people(world, forget_set), parallel=False)
 
 
-def _build_one(kind: str, world: int, forget: tuple[str, ...], cache: str) -> str:
-    from palimpsest.demo import _build
-
-    return _build(kind, world, forget, cache)
-
-
 def build_setups(cases: list[Case], cache: str, workers: int, progress: Progress) -> None:
     """Every pre organism, oracle and floor the cases need, trained side by side (one thread each)."""
-    from palimpsest.demo import FLOOR_DATA_SEED
+    from palimpsest.demo import FLOOR_DATA_SEED, _build
     from palimpsest.kernels import submit_all
     from palimpsest.organism import is_complete
     from palimpsest.organism.build import organism_dir
@@ -50,7 +44,7 @@ def build_setups(cases: list[Case], cache: str, workers: int, progress: Progress
     if not wanted:
         return
     progress(f"training {len(wanted)} organisms (pre models, oracles, floors; cached after the first run)", 0)
-    pool, futures = submit_all(_build_one, [(kind, world, forget, cache) for kind, world, forget in wanted],
+    pool, futures = submit_all(_build, [(kind, world, forget, cache) for kind, world, forget in wanted],
                                max(1, min(workers, len(wanted))))
     with pool:
         for future in as_completed(futures):
