@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from palimpsest.config.sae import SAEConfig
 
 Status = Literal["ok", "inconclusive", "skipped", "error"]  # error: the analyser raised
 Kind = Literal["behaviour", "residue", "info"]
@@ -69,6 +71,73 @@ FITTED_FIELDS: tuple[str, ...] = ("suppressed_min_residue", "deleted_max_residue
                                   "suppressed_min_analyses", "residue_evidence")
 
 
+Modality = Literal["text", "image"]  # text: a causal LM and prompt/answer items; image: a digits classifier
+# what an analyser needs from the runner: activations at sites, an SAE per site (built once, shared), gradients
+# through the model, a floor model (without one the analyser is skipped)
+Need = Literal["activations", "sae", "gradients", "floor"]
+
+
+class AnalyserConfig(BaseModel):
+    """Base of every analyser's options: frozen, unknown fields refused. Subclass it once per analyser."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Analyser:
+    """Base of every analyser. Subclasses set the class attributes and implement `measure` (or override `run`).
+
+    `run(ctx)` checks the forget set is large enough, calls `measure(ctx)` and hands its Measurement to
+    `palimpsest.audit.finalize.finalize` (guards, calibration, status, evidence), then adds `figures(measurement)`.
+    """
+
+    name: str = ""
+    kind: Kind = "residue"
+    title: str = ""
+    description: str = ""
+    Config: type[AnalyserConfig] = AnalyserConfig
+    modalities: frozenset[str] = frozenset({"text"})
+    needs: frozenset[str] = frozenset({"activations"})
+
+    def sae_sites(self, ctx) -> tuple[str, ...]:
+        """The sites this analyser reads an SAE at (the runner trains or loads each once, before any analyser runs)."""
+        return ()
+
+    def run(self, ctx) -> Result:
+        from palimpsest.audit.finalize import Measurement, finalize
+
+        if ctx.config.min_items and len(ctx.concept.forget) < ctx.config.min_items:
+            return inconclusive(self.name, f"only {len(ctx.concept.forget)} forget items "
+                                           f"(< min_items={ctx.config.min_items})", kind=self.kind)
+        measured = self.measure(ctx)
+        if isinstance(measured, Result):
+            return measured
+        assert isinstance(measured, Measurement)
+        result = finalize(self, measured, ctx)
+        for title, figure in self.figures(measured, ctx).items():
+            result.add_figure(title, figure)
+        return result
+
+    def measure(self, ctx):
+        raise NotImplementedError(f"{type(self).__name__} implements neither measure() nor run()")
+
+    def figures(self, measured, ctx) -> dict:
+        return {}
+
+
+REGISTRY: dict[str, Analyser] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: instantiate and add an analyser to the one registry under its `name`."""
+    instance = cls()
+    if not instance.name or not issubclass(instance.Config, AnalyserConfig):
+        raise TypeError(f"{cls.__name__} needs a name and a Config subclassing AnalyserConfig")
+    if instance.name in REGISTRY and type(REGISTRY[instance.name]).__qualname__ != cls.__qualname__:
+        raise ValueError(f"analyser name {instance.name!r} registered twice")
+    REGISTRY[instance.name] = instance
+    return cls
+
+
 class AuditConfig(BaseModel):
     """Every threshold and knob of an audit, printed in the report."""
 
@@ -100,11 +169,61 @@ class AuditConfig(BaseModel):
     collateral_max_drop: float = 0.1
     # fewer forget items than this and analyses say inconclusive
     min_items: int = 4
-    analysers: tuple[str, ...] | None = None  # None = all registered
-    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    analysers: tuple[str, ...] | None = None  # which analysers run (None: every one of the audit's modality)
+    # the one SAE configuration: every analyser that reads an SAE at a site reads the same one, trained once
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    # where SAEs are cached (None: $PALIMPSEST_CACHE, else the user cache folder)
+    cache_dir: str | None = None
+    # analyser name -> its typed options (palimpsest config show lists every field and default)
+    options: dict[str, SerializeAsAny[AnalyserConfig]] = Field(default_factory=dict)
 
-    def option(self, analyser: str, key: str, default: Any) -> Any:
-        return self.options.get(analyser, {}).get(key, default)
+    @field_validator("options", mode="before")
+    @classmethod
+    def _typed_options(cls, value: Any) -> dict[str, AnalyserConfig]:
+        if not isinstance(value, dict):
+            raise ValueError(f"options must map analyser names to their options, got {type(value).__name__}")
+        from palimpsest.audit.registry import load_analysers
+
+        analysers = load_analysers()
+        out = {}
+        for name, options in value.items():
+            if name not in analysers:
+                raise ValueError(f"unknown analyser {name!r} in options; valid: {', '.join(analysers)}")
+            config_cls = analysers[name].Config
+            if isinstance(options, config_cls):
+                out[name] = options
+                continue
+            if isinstance(options, BaseModel):
+                options = options.model_dump()
+            if not isinstance(options, dict):
+                raise ValueError(f"options.{name} must be a mapping of its fields, got {type(options).__name__}")
+            unknown = sorted(set(options) - set(config_cls.model_fields))
+            if unknown:
+                raise ValueError(f"options.{name}: unknown field(s) {', '.join(unknown)}; valid: "
+                                 f"{', '.join(config_cls.model_fields) or '(none)'}")
+            try:
+                out[name] = config_cls(**options)
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise ValueError(f"options.{name}.{where}: {first['msg']}") from None
+        return out
+
+    def opts(self, analyser: str) -> AnalyserConfig:
+        """The typed options of `analyser` (its defaults unless this config sets some)."""
+        if analyser in self.options:
+            return self.options[analyser]
+        from palimpsest.audit.registry import load_analysers
+
+        return load_analysers()[analyser].Config()
+
+    def resolved(self) -> dict[str, Any]:
+        """This config with every analyser's options filled in with defaults: what metrics.json records."""
+        from palimpsest.audit.registry import load_analysers
+
+        data = self.model_dump(mode="json")
+        data["options"] = {name: self.opts(name).model_dump(mode="json") for name in load_analysers()}
+        return data
 
     def thresholds_source(self) -> dict[str, Any]:
         """Where the verdict's fitted thresholds came from: the validation run that fitted them, when this config
@@ -115,28 +234,6 @@ class AuditConfig(BaseModel):
         return {"fitted": False, "note": "thresholds set by the user (or no fit shipped): not the validated defaults"}
 
 
-@runtime_checkable
-class Analyser(Protocol):
-    name: str
-    kind: Kind
-    title: str
-    description: str
-
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result: ...
-
-
-REGISTRY: dict[str, Analyser] = {}
-
-
-def register(cls: type) -> type:
-    """Class decorator: instantiate and add an analyser to the registry under its `name`."""
-    instance = cls()
-    if instance.name in REGISTRY and type(REGISTRY[instance.name]) is not cls:
-        raise ValueError(f"analyser name {instance.name!r} registered twice")
-    REGISTRY[instance.name] = instance
-    return cls
-
-
 def skipped(name: str, reason: str, kind: Kind = "residue") -> Result:
     return Result(name=name, kind=kind, status="skipped", notes=[reason], evidence=reason)
 
@@ -145,4 +242,3 @@ def inconclusive(name: str, reason: str, kind: Kind = "residue", **fields: Any) 
     return Result(name=name, kind=kind, status="inconclusive", notes=[reason], evidence=reason, **fields)
 
 
-AnalyserFactory = Callable[[], Analyser]

@@ -1,4 +1,4 @@
-"""Where analysers live: importing these modules registers them (palimpsest.types.REGISTRY)."""
+"""The one registry of analysers (palimpsest.types.REGISTRY): importing these modules registers them."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ ANALYSER_MODULES = (
     "palimpsest.sae",
     "palimpsest.attribution",
     "palimpsest.restoration",
-    "palimpsest.audit.depth",
-    "palimpsest.audit.memorization",
-    "palimpsest.audit.mia",
-    "palimpsest.audit.pca_shift",
+    "palimpsest.behavioural",
+    "palimpsest.vision.analysers",
 )
 
 # the order in the report and metrics.json
@@ -25,7 +23,8 @@ ANALYSER_ORDER = ("behaviour", "probes", "logit_lens", "cka", "concept_vectors",
                   "direction_ablation", "depth", "memorization", "mia", "pca_shift")
 
 
-def load_analysers() -> dict[str, Analyser]:
+def load_analysers(modality: str | None = None) -> dict[str, Analyser]:
+    """Every registered analyser in report order; with `modality`, only those that declare it."""
     for module in ANALYSER_MODULES:
         try:
             importlib.import_module(module)
@@ -35,4 +34,6 @@ def load_analysers() -> dict[str, Analyser]:
             warnings.warn(f"analyser module {module} is not available", stacklevel=2)
     ordered = {name: REGISTRY[name] for name in ANALYSER_ORDER if name in REGISTRY}
     ordered.update({name: a for name, a in REGISTRY.items() if name not in ordered})
-    return ordered
+    if modality is None:
+        return ordered
+    return {name: a for name, a in ordered.items() if modality in a.modalities}

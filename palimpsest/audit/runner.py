@@ -16,7 +16,8 @@ from palimpsest.audit.registry import load_analysers
 from palimpsest.audit.verdict import decide
 from palimpsest.capture import Activations
 from palimpsest.concepts import ConceptSpec
-from palimpsest.types import AuditConfig, Result
+from palimpsest.audit.context import AuditContext, SAEStore
+from palimpsest.types import AuditConfig, Result, skipped
 
 
 class AuditResult(BaseModel):
@@ -50,7 +51,9 @@ class AuditResult(BaseModel):
             "strongest_evidence": self.strongest_evidence,
             "concept": self.concept.name,
             "models": self.models,
-            "thresholds": {k: v for k, v in self.config.model_dump(mode="json").items() if k not in ("options",)},
+            "thresholds": {k: v for k, v in self.config.model_dump(mode="json").items()
+                           if k not in ("options", "sae")},
+            "config": self.config.resolved(),
             "thresholds_source": self.config.thresholds_source(),
             "timings_s": self.timings,
             "palimpsest_version": self.version,
@@ -64,10 +67,13 @@ class AuditResult(BaseModel):
 ProgressFn = Callable[[str, int, int], None]
 
 
-def run_analyser(analyser, pair, concept, acts, config: AuditConfig) -> Result:
-    torch.manual_seed(config.seed)
+def run_analyser(analyser, ctx: AuditContext) -> Result:
+    torch.manual_seed(ctx.config.seed)
+    if "floor" in analyser.needs and ctx.pair.floor is None:
+        return skipped(analyser.name, "needs a floor model (a model that never learned the concept); none was given",
+                       kind=analyser.kind)
     try:
-        result = analyser.run(pair, concept, acts, config)
+        result = analyser.run(ctx.for_analyser(analyser))
     except Exception as error:  # one analyser failing must not lose the others; the report says what broke
         detail = traceback.format_exception_only(type(error), error)[-1].strip()
         return Result(name=analyser.name, kind=analyser.kind, status="error",
@@ -75,6 +81,36 @@ def run_analyser(analyser, pair, concept, acts, config: AuditConfig) -> Result:
     if result.name != analyser.name:
         result.name = analyser.name
     return result
+
+
+def build_saes(analysers: dict, ctx: AuditContext) -> SAEStore:
+    """Train or load, once, the SAE at every site some selected analyser reads one at (with config.sae)."""
+    sites: list[str] = []
+    for analyser in analysers.values():
+        if "sae" in analyser.needs:
+            try:
+                wanted = analyser.sae_sites(ctx.for_analyser(analyser))
+            except Exception:  # noqa: BLE001 — an analyser that cannot name its sites reports why when it runs
+                wanted = ()
+            sites.extend(s for s in wanted if s not in sites)
+    if not sites:
+        return SAEStore()
+    if ctx.modality == "image":
+        from palimpsest.vision.sae import build_pre_saes
+
+        return SAEStore(built=build_pre_saes(ctx, sites))
+    from palimpsest.sae.data import concept_corpus
+    from palimpsest.sae.train import get_or_train_sae
+
+    corpus = tuple(concept_corpus(ctx.concept, ctx.config.sae.corpus))
+    built = {}
+    for site in sites:
+        try:
+            built[site] = get_or_train_sae(ctx.pair.pre, site, list(corpus), ctx.config.sae, ctx.config.cache_dir,
+                                           batch_size=ctx.config.batch_size)
+        except Exception as error:  # noqa: BLE001 — recorded; the analysers reading this site report it as an error
+            built[site] = error
+    return SAEStore(built=built, corpus=corpus)
 
 
 def check_answers(tokenizer, concept: ConceptSpec) -> None:
@@ -109,15 +145,15 @@ def check_finite(pair, concept: ConceptSpec, acts: Activations) -> None:
                 return
 
 
-def selected_analysers(config: AuditConfig, available: dict | None = None, label: str = "analysers") -> dict:
-    """The analysers of `available` (default: the language-model registry) that `config` asks for, in report order
-    (behaviour always runs); unknown names are refused."""
-    analysers = load_analysers() if available is None else available
+def selected_analysers(config: AuditConfig, modality: str = "text") -> dict:
+    """The analysers of `modality` that `config` asks for, in report order (behaviour always runs); unknown names
+    are refused."""
+    analysers = load_analysers(modality)
     if config.analysers is None:
         return analysers
     unknown = sorted(set(config.analysers) - set(analysers))
     if unknown:
-        raise ValueError(f"unknown {label} {unknown}; available: {', '.join(analysers)}")
+        raise ValueError(f"unknown analysers {unknown} for {modality} models; available: {', '.join(analysers)}")
     return {n: a for n, a in analysers.items() if n in config.analysers or n == "behaviour"}
 
 
@@ -126,22 +162,28 @@ def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
     """Audit `pair` (a ModelPair) on `concept`; returns the verdict with every analyser's Result."""
     config = config or AuditConfig()
     check_answers(pair.pre.tokenizer, concept)
-    analysers = selected_analysers(config)
+    analysers = selected_analysers(config, modality="text")
     acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
     check_finite(pair, concept, acts)
-    return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
+    ctx = AuditContext(pair=pair, concept=concept, acts=acts, config=config, modality="text")
+    return run_and_decide(analysers, ctx, progress=progress)
 
 
-def run_and_decide(analysers: dict, pair, concept: ConceptSpec, acts, config: AuditConfig, *,
-                   progress: ProgressFn | None = None) -> AuditResult:
-    """Run `analysers` in order (timed, one failure never loses the others) and synthesise the verdict."""
+def run_and_decide(analysers: dict, ctx: AuditContext, *, progress: ProgressFn | None = None) -> AuditResult:
+    """Build what the analysers need (SAEs), run them in order (timed, one failure never loses the others) and
+    synthesise the verdict."""
     results: dict[str, Result] = {}
     timings: dict[str, float] = {}
+    start = time.perf_counter()
+    ctx.saes = build_saes(analysers, ctx)
+    if ctx.saes.built:
+        timings["sae_build"] = round(time.perf_counter() - start, 3)
+    pair, concept, config = ctx.pair, ctx.concept, ctx.config
     for index, (name, analyser) in enumerate(analysers.items()):
         if progress:
             progress(name, index, len(analysers))
         start = time.perf_counter()
-        results[name] = run_analyser(analyser, pair, concept, acts, config)
+        results[name] = run_analyser(analyser, ctx)
         timings[name] = round(time.perf_counter() - start, 3)
     if progress:
         progress("verdict", len(analysers), len(analysers))
