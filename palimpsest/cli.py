@@ -22,10 +22,12 @@ out = Console()
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from palimpsest.capture import AnswerTokenError, NonFiniteError, SiteError
     from palimpsest.concepts import ConceptError
+    from palimpsest.config.files import ConfigError
     from palimpsest.models import ModelLoadError
 
     # NonFiniteError: the model's own numbers are NaN/inf (broken weights, or a dtype that overflows)
-    return (ModelLoadError, ConceptError, SiteError, AnswerTokenError, NonFiniteError, FileNotFoundError, BadInput)
+    return (ModelLoadError, ConceptError, SiteError, AnswerTokenError, NonFiniteError, FileNotFoundError, BadInput,
+            ConfigError)
 
 
 class BadInput(ValueError):
@@ -64,6 +66,19 @@ def _one_line(error: BaseException) -> str:
     """The first line of the message, escaped: text from concept files or paths must not be read as rich markup."""
     text = str(error).strip().splitlines()
     return escape(text[0] if text else type(error).__name__)
+
+
+ConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", help="AuditConfig as YAML/JSON (palimpsest config show prints every field); flags override it")]
+
+
+def audit_config(path: Path | None, **overrides):
+    """The AuditConfig of a command: the --config file (or the defaults), the flags given (not None) on top."""
+    from palimpsest.config.files import config_from_data, load_config
+
+    if path is not None:
+        return load_config(path, **overrides)
+    return config_from_data({}, "command-line options", **overrides)
 
 
 def _progress():
@@ -155,30 +170,29 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
               floor: Annotated[Optional[str], typer.Option(help="a model that never learned the concept (calibration floor)")] = None,
               analysers: Annotated[Optional[str], typer.Option(help="comma-separated analyser names (default: all)")] = None,
               figures: Annotated[str, typer.Option(help="also export figures: comma-separated png,svg,html")] = "",
-              device: str = "cpu",
+              config_file: ConfigOption = None,
+              device: Annotated[Optional[str], typer.Option(help="cpu | cuda | mps [default: cpu]")] = None,
               dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
               device_map: Annotated[Optional[str], typer.Option(
                   help="shard a model larger than one GPU across devices (accelerate), e.g. auto")] = None,
-              backend: str = "torch",
-              batch_size: int = 32,
-              seed: int = 0,
+              backend: Annotated[Optional[str], typer.Option(help="torch | transformer_lens | nnsight [default: torch]")] = None,
+              batch_size: Annotated[Optional[int], typer.Option(help="[default: 32]")] = None,
+              seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
               allow_pickle: Annotated[bool, typer.Option(help="allow pickle (.bin) checkpoints")] = False):
     """Audit one (pre, post) pair on a concept: report.html + metrics.json in --out."""
     from palimpsest.audit import audit
     from palimpsest.concepts import load_concept
     from palimpsest.models import load_pair
     from palimpsest.report import write_audit
-    from palimpsest.types import AuditConfig
 
     formats = tuple(f.strip() for f in figures.split(",") if f.strip())
-    spec = load_concept(concept)
-    pair = load_pair(pre, post, floor_source=floor, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                     device_map=device_map)
     names = tuple(a.strip() for a in analysers.split(",")) if analysers else None
-    try:
-        config = AuditConfig(device=device, backend=backend, batch_size=batch_size, seed=seed, analysers=names)
-    except Exception as error:
-        raise BadInput(str(error).splitlines()[0]) from None
+    # the config first: a bad file is refused before any model loads
+    config = audit_config(config_file, device=device, backend=backend, batch_size=batch_size, seed=seed,
+                          analysers=names)
+    spec = load_concept(concept)
+    pair = load_pair(pre, post, floor_source=floor, device=config.device, dtype=dtype, allow_pickle=allow_pickle,
+                     device_map=device_map)
     with _progress() as progress:
         task = progress.add_task("auditing", total=None)
 
@@ -189,6 +203,22 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
     write_audit(result, out_dir, figure_formats=formats)
     out.print(f"verdict: [bold]{result.verdict}[/]" + (" (collateral)" if result.collateral else ""))
     out.print(f"report: {escape(str(out_dir / 'report.html'))}", soft_wrap=True)
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Audit configs: print the fully resolved config.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command(name="show")
+@guarded
+def config_show(config_file: ConfigOption = None):
+    """Print the fully resolved AuditConfig (every field, every analyser's options) as YAML; it loads back with
+    --config."""
+    from palimpsest.config.files import dump_config
+
+    config = audit_config(config_file)
+    sys.stdout.write(dump_config(config))
+    sys.stdout.flush()
 
 
 @app.command(name="concept-vectors")

@@ -187,7 +187,7 @@ def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: in
     loaded, so the work that depends only on them is done once per process, not once per method.
     """
     from palimpsest.audit.runner import AuditResult
-    from palimpsest.report.comparison import write_comparison
+    from palimpsest.demo_driver import run_methods
     from palimpsest.types import AuditConfig
 
     out_dir = Path(out_dir)
@@ -197,45 +197,53 @@ def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: in
     setup = organism_setup(seed, cache_dir, progress=lambda message: step(message, 0))
     workers = workers or demo_workers(len(methods))
     args = (seed, str(setup.cache), config.model_dump_json(), str(out_dir), tuple(figure_formats))
-    results = {}
-    if workers == 1:
-        for method in methods:
-            step(f"{method}: making the post-model and auditing", 0)
-            results[method] = AuditResult.model_validate_json(_audit_method(method, *args, None))
-            step(f"{method}: {results[method].verdict}", 1)
-    else:
-        step(f"auditing {len(methods)} post-models in {workers} processes", 0)
+
+    def audit_one(method: str):  # in this process; _audit_method writes the report
+        step(f"{method}: making the post-model and auditing", 0)
+        return AuditResult.model_validate_json(_audit_method(method, *args, None))
+
+    def in_processes(chosen):
+        step(f"auditing {len(chosen)} post-models in {workers} processes", 0)
         from palimpsest.kernels import submit_all
 
-        pool, submitted = submit_all(_audit_method, [(method, *args, 1) for method in methods], workers)
-        futures = dict(zip(submitted, methods))
+        pool, submitted = submit_all(_audit_method, [(method, *args, 1) for method in chosen], workers)
+        futures = dict(zip(submitted, chosen))
         with pool:
             for future in as_completed(futures):
-                method = futures[future]
-                results[method] = AuditResult.model_validate_json(future.result())
-                step(f"{method}: {results[method].verdict}", 1)
-        results = {method: results[method] for method in methods}
-    write_comparison(results, out_dir, title="palimpsest demo: the model organism",
-                     expected=expected_verdicts(results),
-                     notes=[f"pre model: {setup.pre_dir.name}; floor: an oracle retrained with data seed "
-                            f"{FLOOR_DATA_SEED} ({setup.floor_dir.name}); total {time.perf_counter() - started:.0f} s"])
-    return results
+                yield futures[future], AuditResult.model_validate_json(future.result())
+
+    return run_methods(
+        out_dir, tuple(methods), audit_one, title="palimpsest demo: the model organism", expected=expected_verdicts,
+        notes=lambda results: [f"pre model: {setup.pre_dir.name}; floor: an oracle retrained with data seed "
+                               f"{FLOOR_DATA_SEED} ({setup.floor_dir.name}); total "
+                               f"{time.perf_counter() - started:.0f} s"],
+        pool=None if workers == 1 else in_processes, progress=step)
 
 
 def register(app: typer.Typer) -> None:
-    from palimpsest.cli import BadInput, _progress, guarded, out
+    from palimpsest.cli import BadInput, _progress, audit_config, guarded, out
 
     @app.command()
     @guarded
     def demo(model: Annotated[str, typer.Option(help="organism | smollm2 | digits")] = "organism",
              out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/demo"),
              methods: Annotated[Optional[str], typer.Option(help="comma-separated post-model methods")] = None,
-             seed: int = 0,
+             seed: Annotated[Optional[int], typer.Option(help="[default: 0, or the --config file's]")] = None,
              figures: Annotated[str, typer.Option(help="also export figures: png,svg,html")] = "",
-             device: Annotated[str, typer.Option(help="smollm2: cpu | cuda | mps")] = "cpu",
+             config_file: Annotated[Optional[Path], typer.Option(
+                 "--config", help="AuditConfig as YAML/JSON (palimpsest config show); flags override it")] = None,
+             device: Annotated[Optional[str], typer.Option(help="smollm2: cpu | cuda | mps [default: cpu]")] = None,
              dtype: Annotated[Optional[str], typer.Option(help="smollm2: float32 | bfloat16 | float16")] = None):
         """Unlearn the embedded model with every method, audit each, and write DIR/index.html."""
         formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+        if model not in ("organism", "smollm2", "digits"):
+            raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")
+        # the file's config with the flags given on top (a bad file is refused before anything is built); without
+        # a file each demo uses its own default config
+        config = audit_config(config_file, seed=seed, device=device if model == "smollm2" else None) \
+            if config_file is not None else None
+        seed = config.seed if config is not None else (seed or 0)
+        device = config.device if config is not None else (device or "cpu")
         with _progress() as bar:
             task = bar.add_task("demo", total=None)
 
@@ -249,12 +257,17 @@ def register(app: typer.Typer) -> None:
                 if unknown:
                     raise BadInput(f"unknown methods {unknown}; choose from {', '.join(ORGANISM_METHODS)}")
                 bar.update(task, total=len(chosen))
-                results = run_organism_demo(out_dir, methods=chosen, seed=seed, progress=step, figure_formats=formats)
+                results = run_organism_demo(out_dir, methods=chosen, seed=seed, progress=step, figure_formats=formats,
+                                            config=config)
             elif model == "digits":
+                from palimpsest.vision.audit import vision_config
                 from palimpsest.vision.demo import run_digits_demo
 
-                results = run_digits_demo(out_dir, seed=seed, progress=step)
-            elif model == "smollm2":
+                # the vision defaults, with the fields the file sets on top
+                vision = vision_config(**{**{k: getattr(config, k) for k in config.model_fields_set}, "seed": seed}) \
+                    if config is not None else None
+                results = run_digits_demo(out_dir, seed=seed, progress=step, config=vision)
+            else:
                 from palimpsest.real_demo import SMOLLM2_METHODS, run_smollm2_demo
                 from palimpsest.unlearn import METHODS
 
@@ -265,10 +278,8 @@ def register(app: typer.Typer) -> None:
                                    "(oracle and sauce need the organism)")
 
                 results = run_smollm2_demo(out_dir, methods=chosen, seed=seed, device=device, dtype=dtype,
-                                           progress=step, figure_formats=formats,
+                                           config=config, progress=step, figure_formats=formats,
                                            total_hint=lambda total: bar.update(task, total=total))
-            else:
-                raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")
         for method, result in results.items():
             out.print(f"{method:>10}: {result.verdict}" + (" (collateral)" if result.collateral else ""))
         out.print(f"comparison page: {out_dir / 'index.html'}")

@@ -46,7 +46,8 @@ def demo_config(seed: int = 0, device: str = "cpu", n_layers: int = 30):
     from palimpsest.types import AuditConfig
 
     stride = max(1, n_layers // 10)
-    sites = [f"blocks.{layer}.hook_resid_post" for layer in range(stride - 1, n_layers, stride)]
+    sites = tuple(f"blocks.{layer}.hook_resid_post" for layer in range(stride - 1, n_layers, stride))
+    # validated against each analyser's Config (AuditConfig turns every entry into its typed options)
     options = {
         "probes": {"sites": sites},
         "cka": {"sites": sites, "n_bootstrap": 100},
@@ -98,9 +99,9 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
     from palimpsest.audit import audit
     from palimpsest.audit.runner import selected_analysers
     from palimpsest.concepts import load_concept
+    from palimpsest.demo_driver import run_methods
     from palimpsest.models import ModelPair
     from palimpsest.report import write_audit
-    from palimpsest.report.comparison import write_comparison
     from palimpsest.unlearn import METHODS, unlearn
 
     unknown = sorted(set(methods) - set(METHODS))
@@ -116,8 +117,9 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
         total_hint(1 + len(methods) * (2 + n_analysers))  # load + per method: unlearn, every analyser, verdict
     concept = load_concept(smollm2_concept_path())
     step("loaded SmolLM2-135M-Instruct (pre)", 1)
-    results, unlearn_info = {}, {}
-    for method in methods:
+    unlearn_info = {}
+
+    def audit_one(method: str):
         cfg = METHODS[method].config_cls.from_dict(SMOLLM2_CONFIGS.get(method, {}))
         post = unlearn(method, pre, list(concept.forget), list(concept.retain), config=cfg, seed=seed)
         post.name = "post"
@@ -125,17 +127,16 @@ def run_smollm2_demo(out_dir: str | Path, *, methods=SMOLLM2_METHODS, seed: int 
         unlearn_info[method] = f"{method}: {info['steps']} steps in {info['seconds']:.0f} s (lr {cfg.lr:g})"
         step(f"{method}: unlearned ({info['steps']} steps)", 1)
 
-        def analyser_done(name: str, index: int, total: int, method=method) -> None:
+        def analyser_done(name: str, index: int, total: int) -> None:
             if index:
                 step(f"{method}: " + ("deciding the verdict" if name == "verdict" else f"running {name}"), 1)
 
-        results[method] = audit(ModelPair(pre=pre, post=post), concept, config, progress=analyser_done)
-        step(f"{method}: {results[method].verdict}", 1)
-        write_audit(results[method], out_dir / method, figure_formats=figure_formats)
-        del post
-    write_comparison(results, out_dir, title="palimpsest demo: SmolLM2-135M-Instruct",
-                     expected={m: v for m, v in SMOLLM2_EXPECTED.items() if m in results},
-                     notes=[f"concept: {concept.name} ({len(concept.forget)} forget items); no oracle exists for a "
-                            "real model, so residue floors are each analyser's chance baseline",
-                            *unlearn_info.values(), f"total {time.perf_counter() - started:.0f} s on {device}"])
-    return results
+        return audit(ModelPair(pre=pre, post=post), concept, config, progress=analyser_done)
+
+    return run_methods(
+        out_dir, tuple(methods), audit_one, title="palimpsest demo: SmolLM2-135M-Instruct", expected=SMOLLM2_EXPECTED,
+        write=lambda result, target: write_audit(result, target, figure_formats=figure_formats),
+        notes=lambda results: [f"concept: {concept.name} ({len(concept.forget)} forget items); no oracle exists for a "
+                               "real model, so residue floors are each analyser's chance baseline",
+                               *unlearn_info.values(), f"total {time.perf_counter() - started:.0f} s on {device}"],
+        progress=step)

@@ -77,3 +77,54 @@ def bootstrap_mean_ci(values, *, n_bootstrap: int = 1000, ci_level: float = 0.95
     alpha = (1 - ci_level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return (float(lo), float(hi))
+
+
+def bootstrap_ci_independent(statistic, sizes: tuple[int, ...], *, n_bootstrap: int = 1000,
+                             ci_level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of a statistic of several samples resampled independently (e.g. members and non-members
+    of an AUC); `bootstrap_ci` resamples arrays of the same items jointly.
+
+    `sizes`: the number of units of each sample. Each replicate draws one index array per sample, in order,
+    `rng.integers(0, n, n)`, and calls `statistic(*indices)`; a replicate whose statistic is None (undefined on that
+    resample) is dropped. None when every replicate was undefined.
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_bootstrap):
+        value = statistic(*(rng.integers(0, n, n) for n in sizes))
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None
+    alpha = (1 - ci_level) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(statistic, *arrays, n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float] | None:
+    """Percentile interval of `statistic(*resampled)`, the arrays (same length: the same items) resampled jointly.
+
+    Each draw takes one index vector `rng.integers(0, n, n)` and indexes every array with it; draws whose statistic
+    is None or not finite are dropped; None when none is left (or the arrays are empty). Pass `np.arange(n)` to get
+    the resampled indices themselves (a statistic over several tensors of the same items).
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array to resample")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"bootstrap_ci resamples the arrays jointly: lengths differ ({[len(a) for a in arrays]})")
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, n)
+        value = statistic(*(a[idx] for a in arrays))
+        if value is not None and np.isfinite(value):
+            samples.append(float(value))
+    if not samples:
+        return None
+    alpha = (1 - ci_level) / 2
+    lo, hi = np.quantile(samples, [alpha, 1 - alpha])
+    return (float(lo), float(hi))

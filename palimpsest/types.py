@@ -108,12 +108,17 @@ class Analyser:
         if ctx.config.min_items and len(ctx.concept.forget) < ctx.config.min_items:
             return inconclusive(self.name, f"only {len(ctx.concept.forget)} forget items "
                                            f"(< min_items={ctx.config.min_items})", kind=self.kind)
-        measured = self.measure(ctx)
+        if ctx.modality == "image":  # the digits models: the image measurement of this analyser (vision adapter)
+            from palimpsest.vision import measures
+
+            measured, figures = measures.measure(self, ctx), lambda m, c: measures.figures(self, m, c)
+        else:
+            measured, figures = self.measure(ctx), self.figures
         if isinstance(measured, Result):
             return measured
         assert isinstance(measured, Measurement)
         result = finalize(self, measured, ctx)
-        for title, figure in self.figures(measured, ctx).items():
+        for title, figure in figures(measured, ctx).items():
             result.add_figure(title, figure)
         return result
 

@@ -106,12 +106,42 @@ def test_analyser_registered_and_honest_on_a_model_that_knows_nothing(tiny, tiny
     assert "attribution" in REGISTRY
     pair = ModelPair(tiny, load_model(tiny_dir_other))
     concept = ConceptSpec(name="c", forget=tuple(ITEMS), retain=(ITEMS[0],), holdout=tuple(ITEMS[1:]))
-    result = REGISTRY["attribution"].run(pair, concept, None, AuditConfig(n_bootstrap=50))
+    result = _run(pair, concept, AuditConfig(n_bootstrap=50))
     # a random model answers nothing: there is nothing to recover, and the analyser says so
     assert result.status == "inconclusive" and result.residue is None
-    assert "forget items correctly" in result.evidence
+    assert "answers only 0 forget items correctly" in result.evidence
     assert Result.model_validate_json(result.model_dump_json()).summary["method"] == "occlusion"
     assert {"Token attribution pre vs post", "Keyword share of attribution"} <= set(result.figures)
+    assert result.floor_source.startswith("the same rewrites of the concept's holdout items")
+    assert [r["set"] for r in result.per_item] == ["forget"] * 3 + ["retain"]  # tracked prompts, no recovery rows
+    assert result.summary["n_known_pre"] == 0 and result.summary["recovered_forgotten_any_post"] is None
+
+
+def test_attribution_options_are_typed():
+    import palimpsest.attribution  # noqa: F401
+
+    analyser = REGISTRY["attribution"]
+    assert analyser.needs == {"gradients"} and analyser.modalities == {"text"}
+    config = AuditConfig(options={"attribution": {"method": "integrated_gradients", "baseline": 5, "n_steps": 8}})
+    opts = config.opts("attribution")
+    assert (opts.method, opts.baseline, opts.n_steps, opts.measure, opts.batch_size) == \
+        ("integrated_gradients", 5, 8, "logprob", None)
+    assert AuditConfig(options={"attribution": {"baseline": "pad"}}).opts("attribution").baseline == "pad"
+    for bad in ({"method": "saliency"}, {"measure": "top5"}, {"baseline": "nothing"}, {"max_itemz": 3}):
+        with pytest.raises(ValueError, match="options.attribution"):
+            AuditConfig(options={"attribution": bad})
+
+
+def test_attribution_without_any_floor_says_so(tiny_dir_other):
+    """No floor model and no holdout items: nothing calibrates the recovery, whatever the pre model answers."""
+    from palimpsest.models import ModelPair, load_model
+
+    pre = load_model(tiny_dir_other)
+    concept = ConceptSpec(name="c", forget=tuple(ITEMS), retain=(ITEMS[0],))
+    result = _run(ModelPair(pre, pre), concept, AuditConfig(n_bootstrap=20, min_items=0))
+    assert result.status == "inconclusive" and result.residue is None and result.floor is None
+    assert "no floor: no floor model and no holdout items" in result.evidence
+    assert result.summary["n_forget_scored"] == len(ITEMS) and "Keyword share of attribution" in result.figures
 
 
 # ----------------------------------------------------------------------------------------------- organism
@@ -159,8 +189,13 @@ def test_integrated_gradients_complete_on_organism(organism_pair_suppress, organ
     assert fine <= 0.05 and fine < coarse / 2, (coarse, fine)
 
 
-def _run(pair, concept):
-    return REGISTRY["attribution"].run(pair, concept, None, AuditConfig(n_bootstrap=200))
+def _run(pair, concept, config=None):
+    import palimpsest.attribution  # noqa: F401  (registers the analyser)
+    from palimpsest.audit.context import AuditContext
+    from palimpsest.audit.runner import run_analyser
+
+    ctx = AuditContext(pair=pair, concept=concept, acts=None, config=config or AuditConfig(n_bootstrap=200))
+    return run_analyser(REGISTRY["attribution"], ctx)
 
 
 def test_emphasis_recovers_more_on_suppression_than_on_oracle(organism_pair_suppress, organism_pair_ga,

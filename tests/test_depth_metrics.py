@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.audit.depth import UnlearningDepth, depth_score
-from palimpsest.audit.memorization import Memorization, exact_memorization, extraction_strength
-from palimpsest.audit.mia import MembershipInference, pairwise_wins
-from palimpsest.audit.pca_shift import PCAShift, weight_changes
+from palimpsest.behavioural.depth import UnlearningDepth, bootstrap_depth, depth_score
+from palimpsest.behavioural.memorization import Memorization, exact_memorization, extraction_strength
+from palimpsest.behavioural.mia import MembershipInference, MIAConfig, pairwise_wins
+from palimpsest.behavioural.pca_shift import PCAShift, weight_changes
 from palimpsest.types import AuditConfig, Result
 
 CONFIG = AuditConfig(n_bootstrap=200)
 ANALYSERS = (UnlearningDepth(), Memorization(), MembershipInference(), PCAShift())
+
+
+def run(analyser, pair, concept, acts=None, config=CONFIG):
+    """The analyser's Result on (pair, concept), as the runner calls it (its typed options in the context)."""
+    from palimpsest.audit.context import AuditContext
+
+    opts = config.options.get(analyser.name) or analyser.Config()
+    return analyser.run(AuditContext(pair=pair, concept=concept, acts=acts, config=config, opts=opts))
 
 
 # ------------------------------------------------------------------ pure functions
@@ -34,6 +42,36 @@ def test_depth_score_follows_the_uds_formula():
     assert depth_score(d1, np.zeros(4), 0.05) == pytest.approx(0.0)
     assert depth_score(d1, np.array([5.0, 0.5, 4.0, -1.0]), 0.05) == pytest.approx((0.5 + 2.0 + 0.0) / 6.0)
     assert depth_score(np.full(4, 0.01), np.ones(4), 0.05) is None
+
+
+def test_depth_bootstrap_matches_the_hand_written_percentile_interval():
+    """stats.bootstrap_ci draws the same resamples the former vectorised depth bootstrap drew: same interval."""
+    rng = np.random.default_rng(3)
+    d1, d2 = rng.gamma(2.0, 0.5, (9, 4)), rng.gamma(1.0, 0.5, (9, 4))
+    idx = np.random.default_rng(7).integers(0, 9, (300, 9))
+    scores = [depth_score(a, b, 0.05) for a, b in zip(d1[idx].mean(1), d2[idx].mean(1), strict=True)]
+    expected = np.quantile([s for s in scores if s is not None], [0.025, 0.975])
+    assert bootstrap_depth(d1, d2, 0.05, n_bootstrap=300, ci_level=0.95, seed=7) == pytest.approx(tuple(expected))
+
+
+def test_independent_bootstrap_drops_undefined_replicates_and_resamples_two_samples():
+    from palimpsest.stats import bootstrap_ci_independent
+
+    assert bootstrap_ci_independent(lambda idx: None, (5,), n_bootstrap=20) is None
+    sizes = []
+    lo, hi = bootstrap_ci_independent(lambda a, b: sizes.append((len(a), len(b))) or float(a.mean() - b.mean()),
+                                      (6, 4), n_bootstrap=50, seed=1)
+    assert lo <= hi and set(sizes) == {(6, 4)}
+
+
+def test_mia_options_are_typed():
+    from pydantic import ValidationError
+
+    assert MIAConfig().attack == "loss" and MIAConfig(attack="zlib").attack == "zlib"
+    with pytest.raises(ValidationError):
+        MIAConfig(attack="nope")
+    with pytest.raises(ValidationError):
+        MIAConfig(kk=0.1)
 
 
 def test_pairwise_wins_is_the_sklearn_auc():
@@ -98,7 +136,7 @@ def test_analysers_return_serialisable_results_and_leave_models_untouched(analys
     batch = encode(pair.pre.tokenizer, ["alice lives in"])
     before = pair.pre.model(input_ids=batch.input_ids).logits.detach().clone()
     for p in (pair, pair_no_floor):
-        result = analyser.run(p, concept, Activations.for_pair(p, concept), CONFIG)
+        result = run(analyser, p, concept, Activations.for_pair(p, concept))
         assert result.name == analyser.name
         assert result.status in ("ok", "inconclusive", "skipped")  # never "error": the analyser did not raise
         assert result.residue is None or 0.0 <= result.residue <= 1.0
@@ -111,7 +149,7 @@ def test_analysers_return_serialisable_results_and_leave_models_untouched(analys
 
 def test_depth_without_a_floor_says_it_needs_one(tiny_setup):
     concept, _, pair_no_floor = tiny_setup
-    result = UnlearningDepth().run(pair_no_floor, concept, None, CONFIG)
+    result = run(UnlearningDepth(), pair_no_floor, concept)
     assert result.status == "inconclusive" and result.residue is None
     assert "floor" in result.evidence
     assert len(result.tables["per_layer"]) == pair_no_floor.pre.n_layers
@@ -122,8 +160,8 @@ def test_depth_of_a_model_against_itself_is_one_and_of_pre_is_zero(tiny_setup):
 
     concept, pair, _ = tiny_setup
     config = CONFIG
-    same = UnlearningDepth().run(ModelPair(pair.pre, pair.floor, pair.floor), concept, None, config)
-    unchanged = UnlearningDepth().run(ModelPair(pair.pre, pair.pre, pair.floor), concept, None, config)
+    same = run(UnlearningDepth(), ModelPair(pair.pre, pair.floor, pair.floor), concept, config=config)
+    unchanged = run(UnlearningDepth(), ModelPair(pair.pre, pair.pre, pair.floor), concept, config=config)
     assert same.status == "ok" and same.summary["depth"] == pytest.approx(1.0)
     assert unchanged.status == "ok" and unchanged.summary["depth"] == pytest.approx(0.0, abs=1e-6)
     assert unchanged.residue == pytest.approx(1.0)
@@ -146,7 +184,7 @@ def test_weight_change_sees_exactly_the_edited_tensor(tiny_dir):
 def _run(analyser, pair, concept):
     from palimpsest.capture import Activations
 
-    return analyser.run(pair, concept, Activations.for_pair(pair, concept), CONFIG)
+    return run(analyser, pair, concept, Activations.for_pair(pair, concept))
 
 
 def test_depth_is_one_for_the_oracle_against_itself(organism_pair_oracle, organism_concept):

@@ -76,16 +76,14 @@ def test_direction_ablation_reads_the_suppress_edit_in_most_worlds(worlds, refer
     0.1, closest margin 0.08), oracle lower bounds 0.0 in all four (bound 0.2); on the other-kernel builds (default
     kernels, portability off) 0.50 / 0.30 / 0.16 / 0.23 and 0.0 throughout; the suppress control's lower bound
     reaches suppressed_min_residue (0.35) in few worlds, so that is not asserted."""
-    from palimpsest.audit.registry import load_analysers
-    from palimpsest.capture import Activations
+    from palimpsest.audit.runner import run_one
     from palimpsest.models import ModelPair, load_model
     from palimpsest.types import AuditConfig
 
-    analyser = load_analysers()["direction_ablation"]
     config = AuditConfig(n_bootstrap=300)
 
     def run(pair, concept):
-        return analyser.run(pair, concept, Activations.for_pair(pair, concept), config)
+        return run_one("direction_ablation", pair, concept, config=config)
 
     gain, oracle_low = {}, {}
     for w, setup in worlds.items():

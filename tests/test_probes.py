@@ -13,7 +13,8 @@ from palimpsest.probes.lens import Readout, TunedLens  # noqa: E402
 from palimpsest.probes.linear import shuffle_by_group  # noqa: E402
 from palimpsest.probes.similarity import linear_cka  # noqa: E402
 from palimpsest.probes.vectors import ablate_vectors, value_vectors  # noqa: E402
-from palimpsest.types import REGISTRY, AuditConfig
+from palimpsest.stats import bootstrap_ci, calibrate
+from palimpsest.types import REGISTRY, Analyser, AuditConfig
 
 NAMES = ("probes", "logit_lens", "cka", "concept_vectors")
 CONFIG = AuditConfig(n_bootstrap=200)
@@ -22,6 +23,55 @@ CONFIG = AuditConfig(n_bootstrap=200)
 def test_importing_registers_the_four_analysers():
     for name in NAMES:
         assert name in REGISTRY and REGISTRY[name].name == name
+        assert isinstance(REGISTRY[name], Analyser) and "text" in REGISTRY[name].modalities
+    # probes and CKA also measure the digits models (through palimpsest.vision.measures); the lenses need a vocabulary
+    assert {n for n in NAMES if "image" in REGISTRY[n].modalities} == {"probes", "cka"}
+
+
+def test_options_are_typed_and_validated():
+    config = AuditConfig(options={"probes": {"C": 0.5, "positions": ["last"]}, "cka": {"allow_chance_floor": True}})
+    assert config.opts("probes").C == 0.5 and config.opts("probes").positions == ("last",)
+    assert config.opts("probes").min_gap == 0.1  # the other fields keep their defaults
+    assert config.opts("cka").allow_chance_floor is True and config.opts("logit_lens").lens == "logit"
+    assert config.opts("concept_vectors").top_tokens is None
+    with pytest.raises(ValueError, match="unknown field.*Cee"):
+        AuditConfig(options={"probes": {"Cee": 0.5}})
+    with pytest.raises(ValueError, match="options.logit_lens.lens"):
+        AuditConfig(options={"logit_lens": {"lens": "bogus"}})
+    with pytest.raises(ValueError, match="options.concept_vectors.ablation"):
+        AuditConfig(options={"concept_vectors": {"ablation": "mean"}})
+
+
+# ------------------------------------------------------------------ the shared bootstrap
+
+
+def test_bootstrap_ci_resamples_items_jointly_like_the_hand_loop():
+    rng = np.random.default_rng(1)
+    post, pre = rng.normal(0.6, 0.2, 40), rng.normal(0.9, 0.1, 40)
+    ci = bootstrap_ci(lambda p, c: p.mean() / c.mean(), post, pre, n_bootstrap=300, ci_level=0.9, seed=4)
+    draws, samples = np.random.default_rng(4), []
+    for _ in range(300):
+        idx = draws.integers(0, 40, 40)
+        samples.append(post[idx].mean() / pre[idx].mean())
+    assert ci == pytest.approx(tuple(np.quantile(samples, [0.05, 0.95])), abs=0)
+    assert ci[0] < post.mean() / pre.mean() < ci[1]
+    # np.arange hands the statistic the resampled indices themselves; undefined draws are dropped
+    ci = bootstrap_ci(lambda idx: None if idx[0] % 2 else float(idx.mean()), np.arange(10), n_bootstrap=200)
+    assert ci is not None and 0 <= ci[0] < ci[1] <= 9
+    assert bootstrap_ci(lambda idx: None, np.arange(5), n_bootstrap=20) is None
+    with pytest.raises(ValueError, match="lengths differ"):
+        bootstrap_ci(lambda a, b: 0.0, np.arange(3), np.arange(4))
+
+
+def test_paired_calibrate_equals_bootstrap_ci_of_the_residue():
+    from palimpsest.stats import calibrate_value
+
+    rng = np.random.default_rng(0)
+    post, floor, pre = rng.uniform(0.3, 0.7, 30), rng.uniform(0.0, 0.3, 30), rng.uniform(0.7, 1.0, 30)
+    cal = calibrate(post, floor, pre, paired=True, n_bootstrap=200, seed=2)
+    ci = bootstrap_ci(lambda p, f, c: calibrate_value(p.mean(), f.mean(), c.mean()), post, floor, pre,
+                      n_bootstrap=200, seed=2)
+    assert cal.ci == pytest.approx(ci, abs=1e-12)
 
 
 # ------------------------------------------------------------------ CKA
@@ -113,21 +163,173 @@ def test_ablating_value_vectors_changes_output_and_leaves_the_model_untouched(ti
     assert value_vectors(tiny.model, 0).shape == (tiny.model.config.intermediate_size, tiny.d_model)
 
 
+# ------------------------------------------------------------------ the analysers on tiny random models (fast)
+
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+CITIES = ["paris", "rome", "oslo", "lima"]
+JOBS = ["baker", "pilot", "nurse"]
+WORLD_WORDS = [*PEOPLE, *CITIES, *JOBS, "lives", "in", "the", "city", "of", "works", "as", "a", "q", ":", "where",
+               "does", "live", "?", "answer"]
+
+
+def _people(people, offset=0, form="trained"):
+    out = []
+    for k, person in enumerate(people, start=offset):
+        out.append(Item(prompt=f"{person} lives in the city of", answer=CITIES[k % len(CITIES)], subject=person,
+                        attribute="city", fact_id=f"{person}-city", form=form))
+        out.append(Item(prompt=f"{person} works as a", answer=JOBS[k % len(JOBS)], subject=person, attribute="job",
+                        fact_id=f"{person}-job", form=form))
+    return out
+
+
+def _world_concept(n_forget_people=2) -> ConceptSpec:
+    forget = _people(PEOPLE[:n_forget_people])
+    paraphrases = [Item(prompt=f"q : where does {it.subject} live ? answer :", answer=it.answer, subject=it.subject,
+                        attribute="city", fact_id=it.fact_id, form="paraphrase") for it in forget[::2]]
+    return ConceptSpec(name="tiny people", keywords=PEOPLE[:2], forget=forget, paraphrases=paraphrases,
+                       neighbours=_people(PEOPLE[2:4], 2), retain=_people(PEOPLE[4:8], 4),
+                       holdout=_people(PEOPLE[8:], 8, form="holdout"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """pre, post (pre nudged), a floor (another random model) and post == pre, on a shared vocabulary."""
+    from palimpsest.models import load_model
+    from tests.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("probe-world")
+    pre_dir = make_tiny_model(root / "pre", seed=0, layers=3, words=WORLD_WORDS)
+    floor_dir = make_tiny_model(root / "floor", seed=1, layers=3, words=WORLD_WORDS)
+    pre, post = load_model(pre_dir, name="pre"), load_model(pre_dir, name="post")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for param in post.model.parameters():
+            param.add_(0.05 * param.std() * torch.randn(param.shape, generator=generator))
+    return {"pre": pre, "post": post, "floor": load_model(floor_dir, name="floor"),
+            "same": load_model(pre_dir, name="post")}
+
+
+def _world_pair(world, post="post", floor="floor"):
+    from palimpsest.models import ModelPair
+
+    return ModelPair(pre=world["pre"], post=world[post], floor=world[floor] if floor else None)
+
+
+def test_too_few_forget_items_is_inconclusive_for_every_analyser(world):
+    concept = _world_concept(n_forget_people=1)  # 2 forget items < min_items=4
+    for name in NAMES:
+        result = _run(name, _world_pair(world), concept)
+        assert result.status == "inconclusive" and result.residue is None, name
+        assert "only 2 forget items" in result.evidence, (name, result.evidence)
+
+
+def test_probes_on_a_tiny_pair_report_every_layer_and_variant(world):
+    config = AuditConfig(n_bootstrap=50, options={"probes": {"positions": ["last"], "min_train_items": 4,
+                                                             "cv_folds": 1}})
+    ctx = _context(_world_pair(world), _world_concept(), config)
+    measured = REGISTRY["probes"].measure(ctx.for_analyser(REGISTRY["probes"]))
+    assert measured.paired and measured.min_gap == 0.1 and measured.floor_source.startswith("floor model")
+    assert measured.gap == pytest.approx(float(np.mean(measured.ceiling) - np.mean(measured.floor)))
+    result = _run("probes", _world_pair(world), _world_concept(), config)
+    assert result.status in ("ok", "inconclusive"), result.evidence
+    rows = result.tables["per_layer"]
+    assert {r["position"] for r in rows} == {"last"} and {r["layer"] for r in rows} == {0, 1, 2}
+    assert {r["variant"] for r in rows} == {"pre", "post", "floor", "transfer", "shuffled"}
+    assert result.summary["cv_acc_pre"] is None and result.summary["best_position"] == "last"
+    assert set(result.figures) == {"Probe accuracy per layer (last position)"}
+    assert result.post == pytest.approx(result.summary["prob_post"])
+    assert result.status in ("ok", "inconclusive")
+    if result.status == "ok":
+        assert result.ci[0] <= result.residue <= result.ci[1]
+    else:
+        assert "min_gap=0.1" in result.evidence
+    # without enough training items of other subjects no probe is trained, and the analyser says so
+    strict = AuditConfig(n_bootstrap=50, options={"probes": {"min_train_items": 1000}})
+    result = _run("probes", _world_pair(world), _world_concept(), strict)
+    assert result.status == "inconclusive" and ">= 1000 items" in result.evidence
+
+
+def test_cka_of_an_unchanged_model_is_full_residue_and_needs_a_floor(world):
+    concept = _world_concept()
+    # random tiny models all map the two prompt templates apart, so every pair's CKA is close to 1 (floor 0.999):
+    # with the default min_gap that floor cannot be separated from the ceiling
+    degenerate = _run("cka", _world_pair(world), concept)
+    assert degenerate.status == "inconclusive" and "is within 0.05 of 1" in degenerate.evidence
+    assert degenerate.floor > 0.95 and degenerate.floor == pytest.approx(degenerate.summary["cka_forget_floor"])
+    config = AuditConfig(n_bootstrap=200, options={"cka": {"min_gap": 0.0}})
+    same = _run("cka", _world_pair(world, post="same"), concept, config)
+    assert same.status == "ok" and same.residue == pytest.approx(1.0) and same.ci == pytest.approx((1.0, 1.0))
+    assert same.summary["cka_forget_post"] == pytest.approx(1.0) and same.ceiling == 1.0
+    nudged = _run("cka", _world_pair(world), concept, config)
+    assert nudged.status == "ok" and nudged.ci[0] <= nudged.residue <= nudged.ci[1]
+    assert nudged.post < same.post
+    no_floor = _run("cka", _world_pair(world, floor=None), concept)
+    assert no_floor.status == "inconclusive" and no_floor.residue is None and "no floor model" in no_floor.evidence
+    assert no_floor.tables["per_layer"] and set(no_floor.figures) == {"CKA per layer (last position)",
+                                                                      "CKA per layer (subject position)"}
+    assert no_floor.post == nudged.post
+    chance = _run("cka", _world_pair(world, floor=None), concept,
+                  AuditConfig(n_bootstrap=200, options={"cka": {"allow_chance_floor": True, "n_bootstrap": 30}}))
+    assert chance.floor_source.startswith("CKA of pre with post on mismatched")
+    assert chance.floor == no_floor.floor and chance.post == no_floor.post
+    assert chance.status == "ok" and chance.ci[0] <= chance.residue <= chance.ci[1]
+
+
+def test_logit_lens_reads_the_post_model_through_the_chosen_readout(world):
+    concept = _world_concept()
+    pre_read = _run("logit_lens", _world_pair(world), concept)
+    own_rows = [r for r in pre_read.tables["per_layer"] if r["lens"] == "own"]
+    assert own_rows and {r["model"] for r in own_rows} == {"post"}
+    assert pre_read.summary["readout"] == "pre" and pre_read.summary["lens"] == "logit"
+    assert len(pre_read.per_item) == len(concept.forget) + len(concept.paraphrases)
+    own = _run("logit_lens", _world_pair(world), concept, AuditConfig(options={"logit_lens": {"readout": "own"}}))
+    assert own.summary["readout"] == "own" and not [r for r in own.tables["per_layer"] if r["lens"] == "own"]
+    strict = _run("logit_lens", _world_pair(world), concept, AuditConfig(options={"logit_lens": {"min_gap": 5.0}}))
+    assert strict.status == "inconclusive" and "do not form the forget answers" in strict.evidence
+    assert "< 5.0)" in strict.evidence and strict.tables["per_layer"] and strict.figures
+    holdout = _run("logit_lens", _world_pair(world, floor=None), concept)
+    assert holdout.floor_source == "never-trained holdout items on the post model"
+
+
+def test_concept_vectors_of_an_unchanged_model_are_all_there(world):
+    concept = _world_concept()
+    config = AuditConfig(n_bootstrap=50, options={"concept_vectors": {"min_causal_effect": -1e9, "top_k": 4}})
+    same = _run("concept_vectors", _world_pair(world, post="same"), concept, config)
+    assert same.status == "ok", same.evidence
+    assert same.summary["cosine_post"] == pytest.approx(1.0) and same.summary["causal_retention"] == 1.0
+    assert same.residue == pytest.approx(1.0) and len(same.per_item) == 4
+    assert set(same.figures) == {"Concept vector similarity"}
+    nudged = _run("concept_vectors", _world_pair(world), concept, config)
+    retention = nudged.summary["causal_retention"]
+    assert nudged.residue == pytest.approx(nudged.summary["similarity_residue"] * retention)
+    # the default causal threshold: a random model's vectors carry no answer, and the analyser says so
+    default = _run("concept_vectors", _world_pair(world), concept)
+    if default.status == "inconclusive":
+        assert "not causal on the pre model" in default.evidence and not default.figures
+
+
 # ------------------------------------------------------------------ ground truth on the organism
 
 
-def _run(name, pair, concept):
+def _context(pair, concept, config=CONFIG, acts=None):
+    from palimpsest.audit.context import AuditContext
     from palimpsest.capture import Activations
 
-    return REGISTRY[name].run(pair, concept, Activations.for_pair(pair, concept), CONFIG)
+    return AuditContext(pair=pair, concept=concept, acts=acts or Activations.for_pair(pair, concept), config=config)
+
+
+def _run(name, pair, concept, config=CONFIG):
+    from palimpsest.audit.runner import run_analyser
+
+    return run_analyser(REGISTRY[name], _context(pair, concept, config))
 
 
 @pytest.fixture(scope="module")
 def suppress_results(organism_pair_suppress, organism_concept):
-    from palimpsest.capture import Activations
+    from palimpsest.audit.runner import run_analyser
 
-    acts = Activations.for_pair(organism_pair_suppress, organism_concept)
-    return {name: REGISTRY[name].run(organism_pair_suppress, organism_concept, acts, CONFIG) for name in NAMES}
+    ctx = _context(organism_pair_suppress, organism_concept)
+    return {name: run_analyser(REGISTRY[name], ctx) for name in NAMES}
 
 
 @pytest.mark.slow

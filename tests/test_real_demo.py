@@ -50,3 +50,13 @@ def test_smollm2_suppress_control_is_called_suppressed(tmp_path):
     assert results["suppress"].behaviour_forgotten
     assert (tmp_path / "index.html").is_file() and (tmp_path / "suppress" / "metrics.json").is_file()
     assert sum(done for _, done in steps) == 1 + 1 + 3 + 1  # load, unlearn, three analysers, verdict
+
+
+def test_demo_config_options_are_typed_and_valid():
+    from palimpsest.real_demo import demo_config
+    from palimpsest.types import AnalyserConfig
+
+    config = demo_config(0, "cpu", 30)
+    assert config.options and all(isinstance(o, AnalyserConfig) for o in config.options.values())
+    assert config.opts("probes").sites == tuple(f"blocks.{layer}.hook_resid_post" for layer in range(2, 30, 3))
+    assert config.opts("blindspots").n_samples == 64

@@ -8,6 +8,7 @@ import torch
 
 import palimpsest.restoration  # noqa: F401  (registers the analysers)
 from palimpsest.concepts import ConceptSpec, Item
+from palimpsest.sae import SAEConfig
 from palimpsest.types import AuditConfig
 
 NAMES = ("shift_vectors", "sae_restoration", "relearning", "quantization", "direction_ablation")
@@ -145,18 +146,29 @@ def tiny_pair(tiny, tiny_dir):
     return ModelPair(pre=pre, post=post)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_analysers_leave_models_untouched_and_report_honestly(tiny_pair, name, tmp_path):
+def _run_ctx(name, pair, concept, config):
+    """Run one analyser as the runner does: an AuditContext whose SAEs are built before the analyser runs."""
+    from palimpsest.audit.context import AuditContext
+    from palimpsest.audit.runner import build_saes
     from palimpsest.capture import Activations
     from palimpsest.types import REGISTRY
 
+    analyser = REGISTRY[name]
+    ctx = AuditContext(pair=pair, concept=concept, acts=Activations.for_pair(pair, concept), config=config)
+    ctx.saes = build_saes({name: analyser}, ctx)
+    return analyser.run(ctx.for_analyser(analyser))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_analysers_leave_models_untouched_and_report_honestly(tiny_pair, name, tmp_path):
+
     concept = ConceptSpec(name="c", forget=tuple(ITEMS), retain=tuple(ITEMS[:2]), holdout=tuple(ITEMS[-4:]))
-    sae = {"total_tokens": 2048, "batch_size": 16, "min_explained_variance": 0.0, "min_selectivity": 0.0,
-           "min_forget_firing": 0.0, "cache_dir": str(tmp_path), "n_random_draws": 1}
-    config = AuditConfig(n_bootstrap=50, min_items=4, options={"relearning": {"steps": 3}, "sae_restoration": sae})
-    acts = Activations.for_pair(tiny_pair, concept)
+    sae = SAEConfig(total_tokens=2048, batch_size=16, min_selectivity=0.0, min_forget_firing=0.0)
+    config = AuditConfig(n_bootstrap=50, min_items=4, sae=sae, cache_dir=str(tmp_path),
+                         options={"relearning": {"steps": 3},
+                                  "sae_restoration": {"min_explained_variance": 0.0, "n_random_draws": 1}})
     before = {k: (_logits(m), _hooks(m.model)) for k, m in tiny_pair.models().items()}
-    result = REGISTRY[name].run(tiny_pair, concept, acts, config)
+    result = _run_ctx(name, tiny_pair, concept, config)
     for key, loaded in tiny_pair.models().items():
         assert torch.equal(before[key][0], _logits(loaded)), f"{name} changed the {key} model's outputs"
         assert _hooks(loaded.model) == before[key][1]
@@ -179,12 +191,8 @@ ORGANISM_CONFIG = dict(n_bootstrap=200)
 
 
 def _run(name, pair, concept):
-    from palimpsest.capture import Activations
-    from palimpsest.types import REGISTRY
-
-    acts = Activations.for_pair(pair, concept)
     before = {k: _organism_logits(m, concept) for k, m in pair.models().items()}
-    result = REGISTRY[name].run(pair, concept, acts, AuditConfig(**ORGANISM_CONFIG))
+    result = _run_ctx(name, pair, concept, AuditConfig(**ORGANISM_CONFIG))
     for key, loaded in pair.models().items():
         assert torch.equal(before[key], _organism_logits(loaded, concept)), f"{name} changed {key}"
         assert _hooks(loaded.model) == 0
@@ -254,10 +262,8 @@ def test_relearning_recovers_more_after_ga_than_after_oracle(oracle_results, org
 
 def test_relearning_on_related_text_restores_suppression_not_deletion(organism_pair_suppress, organism_pair_ga,
                                                                       organism_pair_oracle, organism_concept):
-    from palimpsest.types import REGISTRY
-
     config = AuditConfig(n_bootstrap=200, options={"relearning": {"data": "related"}})
-    results = {name: REGISTRY["relearning"].run(pair, organism_concept, None, config) for name, pair in
+    results = {name: _run_ctx("relearning", pair, organism_concept, config) for name, pair in
                (("suppress", organism_pair_suppress), ("ga", organism_pair_ga), ("oracle", organism_pair_oracle))}
     assert all(r.status == "ok" and r.summary["data"] == "related" for r in results.values()), results
     # fine-tuned on neighbour facts only (never a forget fact), scored on every forget fact
@@ -265,6 +271,43 @@ def test_relearning_on_related_text_restores_suppression_not_deletion(organism_p
     assert results["oracle"].residue <= 0.2, results["oracle"].summary
     for name in ("suppress", "ga"):
         assert results[name].residue >= results["oracle"].residue + 0.2, (name, results[name].summary)
-    with pytest.raises(ValueError, match="data='nope'"):
-        REGISTRY["relearning"].run(organism_pair_oracle, organism_concept, None,
-                                   AuditConfig(options={"relearning": {"data": "nope"}}))
+
+
+def test_bad_options_are_refused_when_the_config_is_made():
+    with pytest.raises(ValueError, match="options.relearning.data"):
+        AuditConfig(options={"relearning": {"data": "nope"}})
+    with pytest.raises(ValueError, match="options.quantization.bits"):
+        AuditConfig(options={"quantization": {"bits": [3]}})
+    with pytest.raises(ValueError, match="options.sae_restoration.modes"):
+        AuditConfig(options={"sae_restoration": {"modes": ["inject", "replace"]}})
+    with pytest.raises(ValueError, match="unknown field"):
+        AuditConfig(options={"shift_vectors": {"strength": [1.0]}})
+    config = AuditConfig(options={"relearning": {"data": "related", "steps": 3}})
+    assert config.opts("relearning").data == "related" and config.opts("relearning").steps == 3
+    assert config.opts("quantization").bits == (8, 4)  # defaults for analysers the config does not set
+
+
+def test_one_rate_finalize_for_the_family():
+    """calibrated_result: rates on the forgotten items, against the floor's rate; `blocked` keeps the calibration
+    but says inconclusive, with the analyser's own summary."""
+    from palimpsest.audit.context import AuditContext
+    from palimpsest.restoration.common import RateMeasurement, calibrated_result
+    from palimpsest.types import REGISTRY
+
+    ctx = AuditContext(pair=None, concept=None, acts=None, config=AuditConfig(n_bootstrap=50))
+    analyser = REGISTRY["direction_ablation"]
+    pre = np.ones(8, dtype=bool)
+    post_base = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    attacked = np.array([1, 1, 1, 0, 1, 1, 1, 1], dtype=bool)  # 3 of the 4 forgotten items back
+    floor_base = np.zeros(8, dtype=bool)
+    floor = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)  # the floor gets 2 of 8 right after the attack
+    measured = RateMeasurement(post=attacked, floor=floor, ceiling=pre, post_base=post_base, floor_base=floor_base,
+                               floor_source="test", evidence="ev", summary={"k": 1},
+                               tables={"variants": [{"direction": "mean", "layers": "0", "held_out_acc": 0.5}]})
+    result = calibrated_result(analyser, measured, ctx)
+    assert result.status == "ok" and result.evidence == "ev" and result.figures
+    assert result.residue == pytest.approx((0.75 - 0.25) / (1 - 0.25))
+    assert result.summary["restoration_rate_post"] == 0.75 and result.summary["n_forgotten_held_out"] == 4
+    blocked = calibrated_result(analyser, RateMeasurement(**{**measured.__dict__, "blocked": "tests nothing"}), ctx)
+    assert blocked.status == "inconclusive" and blocked.residue is None and blocked.notes[0] == "tests nothing"
+    assert blocked.post == result.post and blocked.summary == {"k": 1}

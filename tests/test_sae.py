@@ -151,18 +151,140 @@ MIN_EXPLAINED_VARIANCE = 0.7
 SAUCE_SITE = "blocks.0.hook_resid_post"
 
 
-def _audit_config(sae_cache, **extra):
+def _audit_config(sae_cache, **fields):
     from palimpsest.types import AuditConfig
 
-    return AuditConfig(n_bootstrap=200, options={"sae_features": {"cache_dir": str(sae_cache), **extra},
-                                                 "blindspots": {"n_samples": 192}})
+    return AuditConfig(n_bootstrap=200, cache_dir=str(sae_cache), options={"blindspots": {"n_samples": 192}},
+                       **fields)
+
+
+def _context(pair, concept, config, names):
+    """An AuditContext with the SAEs of the analysers `names` built, as the runner builds them."""
+    from palimpsest.audit.context import AuditContext
+    from palimpsest.audit.registry import load_analysers
+    from palimpsest.audit.runner import build_saes
+    from palimpsest.capture import Activations
+
+    analysers = {n: load_analysers()[n] for n in names}
+    ctx = AuditContext(pair=pair, concept=concept, acts=Activations.for_pair(pair, concept), config=config)
+    ctx.saes = build_saes(analysers, ctx)
+    return ctx
 
 
 def _run(name, pair, concept, config):
-    import palimpsest.sae  # noqa: F401  (registers the analysers)
-    from palimpsest.types import REGISTRY
+    from palimpsest.audit.registry import load_analysers
 
-    return REGISTRY[name].run(pair, concept, None, config)
+    ctx = _context(pair, concept, config, [name])
+    analyser = load_analysers()[name]
+    return analyser.run(ctx.for_analyser(analyser))
+
+
+# ---------------------------------------------------------------- the analysers' SAEs are built once, by the runner
+
+TINY_CONCEPT_ITEMS = [("alice lives in the city of", "paris", "alice"), ("q : where does alice live ?", "paris", "alice"),
+                      ("alice works as a", "baker", "alice"), ("the city of alice is", "paris", "alice")]
+TINY_OTHER_ITEMS = [("bob lives in the city of", "rome", "bob"), ("carol works as a", "pilot", "carol"),
+                    ("bob works as a", "baker", "bob"), ("the city of carol is", "oslo", "carol")]
+
+
+@pytest.fixture()
+def tiny_concept():
+    from palimpsest.concepts import ConceptSpec, Item
+
+    def items(rows):
+        return tuple(Item(prompt=p, answer=a, subject=s, fact_id=f"{s}:{a}") for p, a, s in rows)
+
+    return ConceptSpec(name="alice", keywords=("alice",), forget=items(TINY_CONCEPT_ITEMS),
+                       retain=items(TINY_OTHER_ITEMS[:2]), neighbours=items(TINY_OTHER_ITEMS[2:]))
+
+
+@pytest.fixture()
+def tiny_pair(tiny):
+    from palimpsest.models import ModelPair
+
+    return ModelPair(pre=tiny, post=tiny)
+
+
+def _tiny_audit(tmp_path, **options):
+    from palimpsest.types import AuditConfig
+
+    return AuditConfig(n_bootstrap=20, sae=_tiny_cfg(corpus=tuple(TINY_CORPUS), min_selectivity=0.0,
+                                                     min_forget_firing=0.0),
+                       cache_dir=str(tmp_path), options=options)
+
+
+def test_one_sae_per_site_shared_by_its_readers(tiny_pair, tiny_concept, tmp_path, monkeypatch):
+    """sae_features and sae_restoration read the middle layer of a plain pair: one SAE, trained once, the same
+    object for both; blindspots asks for an RA-SAE there, under its own key."""
+    from palimpsest.sae import train
+    from palimpsest.sae.analyser import default_site
+
+    monkeypatch.setattr(train, "_MEMO", {})  # nothing loaded in this process: the cache folder count is the truth
+
+    site = default_site(tiny_pair.pre.model)
+    config = _tiny_audit(tmp_path, blindspots={"nb_concepts": 16, "n_points": 64, "epochs": 1})
+    ctx = _context(tiny_pair, tiny_concept, config, ["sae_features", "sae_restoration", "blindspots"])
+    assert sorted(ctx.saes.built) == sorted([site, f"archetypal:{site}"])
+    assert len(list((tmp_path / "sae").iterdir())) == 1  # one sae-lens SAE trained and cached
+    sae, quality = ctx.saes.get(site)
+    assert int(sae.W_dec.shape[0]) == 4 * tiny_pair.pre.d_model and "explained_variance" in quality
+    fit = ctx.saes.get(f"archetypal:{site}")
+    assert fit.sae.nb_concepts == 16 and len(fit.rows) == len(ctx.saes.corpus) == len(fit.codes)
+    assert fit.quality["r2"] <= 1.0
+
+
+def test_analysers_read_the_built_sae_and_never_build_one(tiny_pair, tiny_concept, tmp_path, monkeypatch):
+    from palimpsest.audit.context import AuditContext, SAENotBuilt
+    from palimpsest.audit.registry import load_analysers
+    from palimpsest.capture import Activations
+    from palimpsest.sae import blindspots, train
+
+    config = _tiny_audit(tmp_path, blindspots={"nb_concepts": 16, "n_points": 64, "epochs": 1, "n_samples": 4,
+                                               "max_new_tokens": 4, "min_selectivity": -1e9})
+    names = ["sae_features", "sae_restoration", "blindspots"]
+    ctx = _context(tiny_pair, tiny_concept, config, names)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an analyser trained an SAE")
+
+    monkeypatch.setattr(train, "get_or_train_sae", refuse)
+    monkeypatch.setattr(train, "train_sae", refuse)
+    monkeypatch.setattr(blindspots, "train_ra_sae", refuse)
+    for name in names:
+        analyser = load_analysers()[name]
+        result = analyser.run(ctx.for_analyser(analyser))
+        assert result.status in ("ok", "inconclusive"), (name, result.notes)
+    features = load_analysers()["sae_features"].run(ctx.for_analyser(load_analysers()["sae_features"]))
+    assert features.summary["d_sae"] == 4 * tiny_pair.pre.d_model  # the AuditConfig.sae SAE (expansion 4)
+    assert features.summary["n_corpus_texts"] == len(ctx.saes.corpus)
+    spots = load_analysers()["blindspots"].run(ctx.for_analyser(load_analysers()["blindspots"]))
+    assert spots.summary["nb_concepts"] == 16 and spots.tables["concepts"]
+    # with nothing built, an analyser cannot read an SAE (it never falls back to training one)
+    bare = AuditContext(pair=tiny_pair, concept=tiny_concept, acts=Activations.for_pair(tiny_pair, tiny_concept),
+                        config=config)
+    with pytest.raises(SAENotBuilt):
+        load_analysers()["sae_features"].run(bare.for_analyser(load_analysers()["sae_features"]))
+
+
+def test_an_sae_that_cannot_be_built_is_the_readers_error(tiny_pair, tiny_concept, tmp_path):
+    from palimpsest.audit.registry import load_analysers
+    from palimpsest.audit.runner import run_analyser
+
+    config = _tiny_audit(tmp_path, sae_features={"site": "blocks.9.hook_resid_post"})
+    ctx = _context(tiny_pair, tiny_concept, config, ["sae_features"])
+    assert isinstance(ctx.saes.built["blocks.9.hook_resid_post"], Exception)
+    result = run_analyser(load_analysers()["sae_features"], ctx)
+    assert result.status == "error" and "could not be built" in result.evidence
+
+
+def test_sae_options_are_typed():
+    from palimpsest.types import AuditConfig
+
+    with pytest.raises(ValueError, match="unknown field"):  # SAE training fields live in AuditConfig.sae now
+        AuditConfig(options={"sae_features": {"k": 4}})
+    with pytest.raises(ValueError, match="unknown field"):
+        AuditConfig(options={"sae_restoration": {"cache_dir": "x"}})
+    assert AuditConfig(options={"blindspots": {"top_k": 4}}).opts("blindspots").top_k == 4
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +350,7 @@ def test_sauce_follows_its_stopping_rule_and_is_called_what_its_behaviour_allows
     deleted. Measured on the seed-0 organism (portable kernels, every kernel path here): rule "target_outside_retain_
     tolerance" at min_selectivity 0.5, clamp -10, 16 features; forget 0.95 -> 0.28 (bound 0.35, margin 0.07 = 4 of 60
     items); retain 0.96 -> 0.47: this organism's names are not separable from everyone else's."""
-    from palimpsest.audit.runner import load_analysers, run_and_decide
+    from palimpsest.audit.runner import audit
     from palimpsest.capture import score_answers
     from palimpsest.sae import SAEConfig
 
@@ -258,9 +380,8 @@ def test_sauce_follows_its_stopping_rule_and_is_called_what_its_behaviour_allows
         assert stop["reason"] == "target_not_reached"
         assert stop["forget_acc"] == min(r["forget_acc"] for r in search)
     assert acc(pre, organism_concept.forget) > 0.8  # the reference model is untouched by the copy's hooks
-    config = _audit_config(sae_cache)
-    analysers = {name: a for name, a in load_analysers().items() if name in ("behaviour", "sae_features")}
-    result = run_and_decide(analysers, organism_sauce, organism_concept, None, config)
+    result = audit(organism_sauce, organism_concept, _audit_config(sae_cache, analysers=("sae_features",)))
+    assert set(result.analyses) == {"sae_features"}
     features = result.analyses["sae_features"]
     assert features.status == "ok" and features.residue >= 0.8  # the stream reaching the clamp is the pre model's
     assert any("SAUCE" in note for note in features.notes)

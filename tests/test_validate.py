@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
+from palimpsest.audit.context import AuditContext
 from palimpsest.audit.runner import run_analyser
+from palimpsest.concepts import concept_from_dict
 from palimpsest.audit.verdict import decide
-from palimpsest.types import AuditConfig, Result
+from palimpsest.types import Analyser, AuditConfig, Result
 
 # a reduced population: one world, its default forget set, one control of each truth, fast analysers
 FAST = AuditConfig(n_bootstrap=200, analysers=("probes", "logit_lens", "direction_ablation", "mia"))
@@ -69,13 +71,11 @@ def test_logit_bias_changes_no_weight_and_forgets(organism_setup, organism_dir):
     assert post.meta["unlearn"]["stop"]["reason"] == "target"
 
 
-class _Raises:
+class _Raises(Analyser):
     name = "probes"
-    kind = "residue"
     title = "raises"
-    description = ""
 
-    def run(self, pair, concept, acts, config):
+    def measure(self, ctx):
         raise RuntimeError("boom")
 
 
@@ -85,7 +85,8 @@ def _behaviour() -> Result:
 
 
 def test_an_analyser_that_raises_is_an_error_and_blocks_deleted():
-    failed = run_analyser(_Raises(), None, None, None, AuditConfig())
+    concept = concept_from_dict({"name": "c", "forget": [{"prompt": f"p{i}", "answer": "a"} for i in range(4)]})
+    failed = run_analyser(_Raises(), AuditContext(pair=None, concept=concept, acts=None, config=AuditConfig()))
     assert failed.status == "error" and "boom" in failed.evidence
     at_floor = {f"a{i}": Result(name=f"a{i}", residue=0.0, ci=(0.0, 0.05)) for i in range(4)}
     config = AuditConfig(min_residue_analyses=2)

@@ -9,14 +9,19 @@ import plotly.graph_objects as go
 
 from palimpsest.capture import score_answers
 from palimpsest.stats import bootstrap_mean_ci
-from palimpsest.types import AuditConfig, Result, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
 BEHAVIOUR_SETS = ("forget", "paraphrases", "neighbours", "retain")
 SET_KEYS = {"forget": "forget", "paraphrases": "paraphrase", "neighbours": "neighbour", "retain": "retain"}
 
 
+class BehaviourConfig(AnalyserConfig):
+    """No options: the forgotten bounds the verdict applies are AuditConfig.forgotten_max_relative_acc and
+    forgotten_max_acc (the verdict's first gate, not this analyser's)."""
+
+
 @register
-class Behaviour:
+class Behaviour(Analyser):
     name = "behaviour"
     kind = "behaviour"
     title = "Behaviour"
@@ -26,8 +31,17 @@ class Behaviour:
         "(paraphrases), neighbouring facts that must stay, and unrelated retain facts; pre vs post (and the floor "
         "model when there is one), with bootstrap 95% intervals."
     )
+    Config = BehaviourConfig
+    modalities = frozenset({"text", "image"})
+    needs = frozenset()  # teacher-forced scoring of every item set
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+    def run(self, ctx) -> Result:
+        """Not calibrated and never guarded by min_items: the verdict's gate reads its accuracies."""
+        if ctx.modality == "image":  # the digits models: per-image accuracy (vision adapter)
+            from palimpsest.vision import measures
+
+            return measures.behaviour(self, ctx)
+        pair, concept, config = ctx.pair, ctx.concept, ctx.config
         models = pair.models()
         summary: dict = {}
         per_item = []
@@ -56,7 +70,8 @@ class Behaviour:
                 summary["paraphrase_acc_by_form"] = _by_form(items, per_item, models)
         summary["n_forget"] = len(concept.forget)
         result = Result(name=self.name, kind="behaviour", summary=summary, per_item=per_item)
-        result.add_figure("Accuracy per item set", _accuracy_figure(figure_rows))
+        for title, figure in self.figures(figure_rows, ctx).items():
+            result.add_figure(title, figure)
         result.evidence = (
             f"forget accuracy {summary.get('forget_acc_pre', float('nan')):.2f} -> "
             f"{summary.get('forget_acc_post', float('nan')):.2f}; other forms "
@@ -64,6 +79,10 @@ class Behaviour:
             f"retain {summary.get('retain_acc_pre', float('nan')):.2f} -> {summary.get('retain_acc_post', float('nan')):.2f}"
         )
         return result
+
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Accuracy per item set": _accuracy_figure(measured)}
 
 
 def _by_form(items, per_item, models) -> dict:

@@ -33,7 +33,7 @@ class SAEStore:
 
 @dataclass
 class AuditContext:
-    """pair: a ModelPair (text) or VisionPair (image); acts: the captures (Activations / VisionActs);
+    """pair: a ModelPair (text) or VisionPair (image); acts: the captures (Activations / palimpsest.vision.capture.ImageActivations);
     opts: the running analyser's typed options (set by `for_analyser`)."""
 
     pair: Any

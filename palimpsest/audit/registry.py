@@ -14,7 +14,6 @@ ANALYSER_MODULES = (
     "palimpsest.attribution",
     "palimpsest.restoration",
     "palimpsest.behavioural",
-    "palimpsest.vision.analysers",
 )
 
 # the order in the report and metrics.json

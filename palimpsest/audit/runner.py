@@ -12,11 +12,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from palimpsest import __version__
+from palimpsest.audit.context import AuditContext, SAEStore
 from palimpsest.audit.registry import load_analysers
 from palimpsest.audit.verdict import decide
 from palimpsest.capture import Activations
 from palimpsest.concepts import ConceptSpec
-from palimpsest.audit.context import AuditContext, SAEStore
 from palimpsest.types import AuditConfig, Result, skipped
 
 
@@ -84,33 +84,60 @@ def run_analyser(analyser, ctx: AuditContext) -> Result:
 
 
 def build_saes(analysers: dict, ctx: AuditContext) -> SAEStore:
-    """Train or load, once, the SAE at every site some selected analyser reads one at (with config.sae)."""
-    sites: list[str] = []
+    """Train or load, once, the SAE at every site some selected analyser reads one at (with config.sae).
+
+    A key "archetypal:<site>" (palimpsest.sae.blindspots.ARCHETYPAL) asks for an RA-SAE (overcomplete) at the site
+    instead, trained on the same corpus with the RA-SAE fields of the first analyser asking for it (RASAEConfig)."""
+    from palimpsest.vision.measures import sae_sites as image_sae_sites
+
+    requests: dict[str, Any] = {}  # key -> the options of the first analyser that asked for it
     for analyser in analysers.values():
         if "sae" in analyser.needs:
+            actx = ctx.for_analyser(analyser)
             try:
-                wanted = analyser.sae_sites(ctx.for_analyser(analyser))
+                wanted = image_sae_sites(actx) if ctx.modality == "image" else analyser.sae_sites(actx)
             except Exception:  # noqa: BLE001 — an analyser that cannot name its sites reports why when it runs
                 wanted = ()
-            sites.extend(s for s in wanted if s not in sites)
-    if not sites:
+            for key in wanted:
+                requests.setdefault(key, actx.opts)
+    if not requests:
         return SAEStore()
+    from palimpsest.sae.blindspots import ARCHETYPAL
+
+    sites = [key for key in requests if not key.startswith(ARCHETYPAL)]
     if ctx.modality == "image":
         from palimpsest.vision.sae import build_pre_saes
 
         return SAEStore(built=build_pre_saes(ctx, sites))
+    from palimpsest.sae.blindspots import RASAEConfig, build_archetypal
     from palimpsest.sae.data import concept_corpus
     from palimpsest.sae.train import get_or_train_sae
 
     corpus = tuple(concept_corpus(ctx.concept, ctx.config.sae.corpus))
     built = {}
-    for site in sites:
+    for key, opts in requests.items():
         try:
-            built[site] = get_or_train_sae(ctx.pair.pre, site, list(corpus), ctx.config.sae, ctx.config.cache_dir,
-                                           batch_size=ctx.config.batch_size)
+            if key.startswith(ARCHETYPAL):
+                built[key] = build_archetypal(ctx.pair.pre, key[len(ARCHETYPAL):], corpus,
+                                              RASAEConfig.from_options(opts), ctx.config.seed)
+            else:
+                built[key] = get_or_train_sae(ctx.pair.pre, key, list(corpus), ctx.config.sae, ctx.config.cache_dir,
+                                              batch_size=ctx.config.batch_size)
         except Exception as error:  # noqa: BLE001 — recorded; the analysers reading this site report it as an error
-            built[site] = error
+            built[key] = error
     return SAEStore(built=built, corpus=corpus)
+
+
+def run_one(name: str, pair, concept: ConceptSpec, acts=None, config: AuditConfig | None = None) -> Result:
+    """Run one analyser of the text registry on `pair` and `concept` (for notebooks and tests): builds what it needs
+    (captures unless `acts` is given, its SAEs) as the full audit does, then runs it."""
+    config = config or AuditConfig()
+    analyser = load_analysers("text")[name]
+    if acts is None:
+        acts = Activations.for_pair(pair, concept, backend=config.backend, batch_size=config.batch_size)
+    ctx = AuditContext(pair=pair, concept=concept, acts=acts, config=config, modality="text")
+    ctx.saes = build_saes({name: analyser}, ctx)
+    return run_analyser(analyser, ctx)
 
 
 def check_answers(tokenizer, concept: ConceptSpec) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from palimpsest.audit.finalize import Measurement
 from palimpsest.probes.vectors import (
     VocabStats,
     all_value_vectors,
@@ -17,8 +19,8 @@ from palimpsest.probes.vectors import (
     top_token_ids,
     vocab_projection,
 )
-from palimpsest.stats import calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.stats import calibrate_value
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,18 @@ def list_concept_vectors(model, concept, top_k: int = 10, *, n_tokens: int = 10,
     return out
 
 
+class ConceptVectorsConfig(AnalyserConfig):
+    top_k: int = 10  # how many value vectors (over all layers) are the concept vectors
+    ablation: Literal["zero", "noise"] = "zero"  # how a vector is ablated for the causal check
+    noise_scale: float = 1.0  # ablation="noise": scale of the noise that replaces a vector
+    n_random: int = 3  # random same-layer vector sets ablated for the causal baseline
+    min_causal_effect: float = 0.05  # ablating the vectors must lower the pre model's log-odds by this beyond random
+    top_tokens: int | None = None  # Jaccard over this many top tokens (None: a tenth of the vocabulary, 10 to 200)
+    require_causal: bool = True  # scale the similarity residue by the share of the causal effect left on post
+
+
 @register
-class ConceptVectors:
+class ConceptVectors(Analyser):
     name = "concept_vectors"
     kind = "residue"
     title = "Concept vectors (parametric traces)"
@@ -107,97 +119,127 @@ class ConceptVectors:
         "calibrated between the floor (the same vectors in the floor model, or random vectors of the post model) "
         "and 1, times the share of their causal effect on the forget answers that survives in the post model."
     )
+    Config = ConceptVectorsConfig
+    modalities = frozenset({"text"})
+    needs = frozenset()  # the weights and forward passes with ablations; reads no captures (the floor is optional)
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
-        top_k, mode = int(opt("top_k", 10)), str(opt("ablation", "zero"))
-        noise_scale, n_random = float(opt("noise_scale", 1.0)), int(opt("n_random", 3))
-        min_effect = float(opt("min_causal_effect", 0.05))
-        pre, post, floor = pair.pre, pair.post, pair.floor
-        if len(concept.forget) < config.min_items:
-            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
-        token_ids = concept_token_ids(pre.tokenizer, concept)
+    def run(self, ctx) -> Result:
+        """Overridden: the calibrated similarity is scaled by the causal retention (summary causal_retention)."""
+        result = super().run(ctx)
+        if result.status == "ok":
+            retention = result.summary["causal_retention"]
+            result.residue = result.residue * retention
+            result.ci = (result.ci[0] * retention, result.ci[1] * retention) if result.ci else None
+        return result
+
+    def measure(self, ctx) -> Measurement | Result:
+        opts: ConceptVectorsConfig = ctx.opts
+        pre, post, floor = ctx.pair.pre, ctx.pair.post, ctx.pair.floor
+        token_ids = concept_token_ids(pre.tokenizer, ctx.concept)
         if not token_ids:
             return inconclusive(self.name, "none of the concept's answers or keywords is a token of this model")
         vocab = int(pre.model.get_output_embeddings().weight.shape[0])
-        n_top = int(opt("top_tokens", min(200, max(10, vocab // 10))))
-        vectors = find_concept_vectors(pre.model, token_ids, top_k)
+        n_top = opts.top_tokens if opts.top_tokens is not None else min(200, max(10, vocab // 10))
+        vectors = find_concept_vectors(pre.model, token_ids, opts.top_k)
         picks = _picks(vectors)
-        items = list(concept.forget)
-        kw = dict(mode=mode, noise_scale=noise_scale, seed=config.seed, n_random=n_random)
+        items = list(ctx.concept.forget)
+        kw = dict(mode=opts.ablation, noise_scale=opts.noise_scale, seed=ctx.config.seed, n_random=opts.n_random)
         drop_pre, rand_pre = causal_drop(pre, items, picks, **kw)
         drop_post, rand_post = causal_drop(post, items, picks, **kw)
         effect_pre, effect_post = drop_pre - rand_pre, drop_post - rand_post
         models = {"post": post} | ({"floor": floor} if floor is not None else {})
-        vec = {name: all_value_vectors(m.model) for name, m in {"pre": pre, **models}.items()}
-        rows, cos = [], {"post": [], "floor": [], "chance": []}
-        rng = np.random.default_rng(config.seed)
-        for v in vectors:
-            v_pre = vec["pre"][v.layer][v.index]
-            proj_pre = vocab_projection(pre.model, v_pre[None])[0]
-            row = {"layer": v.layer, "index": v.index, "score": v.score,
-                   "top_tokens_pre": [pre.tokenizer.decode([t]).strip() for t in top_token_ids(proj_pre, 8)]}
-            for name, m in models.items():
-                v_other = vec[name][v.layer][v.index]
-                proj = vocab_projection(m.model, v_other[None])[0]
-                stats = compare_vectors(v_pre, v_other, proj_pre, proj, token_ids, n_top)
-                row.update({f"{k}_{name}": value for k, value in stats.items()})
-                cos[name].append(stats["cosine"])
-            # chance: v_pre against random vectors of the same layer of the post model
-            others = rng.choice(vec["post"][v.layer].shape[0], size=8, replace=False)
-            cos["chance"].append(float(torch.nn.functional.cosine_similarity(
-                v_pre[None], vec["post"][v.layer][torch.as_tensor(others)]).abs().mean()))
-            rows.append(row)
+        rows, cos = _compare(ctx, vectors, models, token_ids, n_top)
         floor_key = "floor" if floor is not None else "chance"
         floor_source = ("the same vectors in the floor model" if floor is not None
                         else "|cosine| of each vector with random vectors of the post model's same layer")
-        cal = calibrate(cos["post"], cos[floor_key], [1.0] * len(vectors), paired=True,
-                        n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
-        summary = {
-            "n_vectors": len(vectors), "layers": sorted(picks), "ablation": mode, "top_tokens_n": n_top,
-            "cosine_post": float(np.mean(cos["post"])), "causal_effect_pre": effect_pre,
-            "causal_effect_post": effect_post, "log_odds_drop_pre": drop_pre, "random_drop_pre": rand_pre,
-            "log_odds_drop_post": drop_post, "random_drop_post": rand_post,
-            "causal_ratio_post": effect_post / effect_pre if effect_pre > 0 else None,
-            **{f"{k}_post": float(np.mean([r[f"{k}_post"] for r in rows])) for k in
-               ("distance", "relative_distance", "jaccard_top")},
-        }
-        kept = [r["concept_tokens_kept_post"] for r in rows if r["concept_tokens_kept_post"] is not None]
-        summary["concept_tokens_kept_post"] = float(np.mean(kept)) if kept else None
-        if floor is not None:
-            summary["cosine_floor"] = float(np.mean(cos["floor"]))
-            summary["jaccard_top_floor"] = float(np.mean([r["jaccard_top_floor"] for r in rows]))
-        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, per_item=rows, tables={"vectors": rows})
-        notes = [f"top {len(vectors)} value vectors by concept score; ablation by {mode}; Jaccard over the top "
-                 f"{n_top} tokens (vocabulary {vocab})"]
-        if effect_pre < min_effect:
+        summary = _summary(rows, cos, vectors, picks, opts.ablation, n_top, floor is not None,
+                           drops=(drop_pre, rand_pre, drop_post, rand_post))
+        # the fields an inconclusive result carries: the means calibrate would report
+        post_m, floor_m = float(np.asarray(cos["post"], dtype=np.float64).mean()), \
+            float(np.asarray(cos[floor_key], dtype=np.float64).mean())
+        common = dict(floor=floor_m, ceiling=1.0, post=post_m, floor_source=floor_source, summary=summary,
+                      per_item=rows, tables={"vectors": rows})
+        notes = [f"top {len(vectors)} value vectors by concept score; ablation by {opts.ablation}; Jaccard over the "
+                 f"top {n_top} tokens (vocabulary {vocab})"]
+        if effect_pre < opts.min_causal_effect:
             result = inconclusive(self.name, f"the top concept vectors are not causal on the pre model: ablating them "
-                                             f"lowers the forget answers' log-odds by {drop_pre:.3f} vs {rand_pre:.3f} "
-                                             f"for random vectors (effect < {min_effect})", **common)
+                                             f"lowers the forget answers' log-odds by {drop_pre:.3f} vs "
+                                             f"{rand_pre:.3f} for random vectors (effect < {opts.min_causal_effect})",
+                                  **common)
             result.notes.extend(notes)
             return result
-        if cal.residue is None:
-            return inconclusive(self.name, "the floor vectors are as similar to the pre vectors as the ceiling", **common)
-        if effect_post < min_effect:
+        similarity = calibrate_value(post_m, floor_m, 1.0)
+        if similarity is None:
+            return inconclusive(self.name, "the floor vectors are as similar to the pre vectors as the ceiling",
+                                **common)
+        if effect_post < opts.min_causal_effect:
             notes.append(f"the vectors no longer matter causally on the post model (effect {effect_post:.3f} vs "
                          f"{effect_pre:.3f} on pre)")
         # still there (similarity) and still causal: the residue is the similarity scaled by the causal retention
-        retention = float(np.clip(effect_post / effect_pre, 0.0, 1.0)) if opt("require_causal", True) else 1.0
-        summary.update({"similarity_residue": cal.residue, "causal_retention": retention})
-        residue = cal.residue * retention
-        ci = (cal.ci[0] * retention, cal.ci[1] * retention) if cal.ci else None
-        result = Result(name=self.name, kind=self.kind, status="ok", residue=residue, ci=ci, notes=notes,
-                        evidence=(f"the concept's top value vectors have cosine {cal.post:.2f} with their pre versions "
-                                  f"(floor {cal.floor:.2f}); ablating them costs the post model {effect_post:.2f} "
-                                  f"of answer log-odds (pre {effect_pre:.2f})"), **common)
+        retention = float(np.clip(effect_post / effect_pre, 0.0, 1.0)) if opts.require_causal else 1.0
+        summary.update({"similarity_residue": similarity, "causal_retention": retention})
+        return Measurement(
+            post=cos["post"], floor=cos[floor_key], ceiling=[1.0] * len(vectors), floor_source=floor_source,
+            paired=True, evidence=("the concept's top value vectors have cosine {post:.2f} with their pre versions "
+                                   f"(floor {{floor:.2f}}); ablating them costs the post model {effect_post:.2f} "
+                                   f"of answer log-odds (pre {effect_pre:.2f})"),
+            summary=summary, per_item=rows, tables={"vectors": rows}, notes=notes, extra={"models": list(models)})
+
+    def figures(self, measured: Measurement, ctx) -> dict:
         import plotly.graph_objects as go
 
+        rows = measured.per_item
         fig = go.Figure()
         labels = [f"L{r['layer']}#{r['index']}" for r in rows]
-        for name in models:
+        for name in measured.extra["models"]:
             fig.add_trace(go.Bar(x=labels, y=[r[f"cosine_{name}"] for r in rows], name=f"cos(pre, {name})"))
         fig.update_layout(title="Concept vectors: cosine similarity with the pre model", template="plotly_white",
                           yaxis_title="cosine", barmode="group")
-        result.add_figure("Concept vector similarity", fig)
-        return result
+        return {"Concept vector similarity": fig}
+
+
+def _compare(ctx, vectors: list[ConceptVector], models: dict, token_ids: list[int], n_top: int
+             ) -> tuple[list[dict], dict[str, list[float]]]:
+    """Per concept vector: its comparison with the same vector in every other model, and the cosines (with a chance
+    level: the pre vector against random vectors of the post model's same layer)."""
+    pre = ctx.pair.pre
+    vec = {name: all_value_vectors(m.model) for name, m in {"pre": pre, **models}.items()}
+    rows, cos = [], {"post": [], "floor": [], "chance": []}
+    rng = np.random.default_rng(ctx.config.seed)
+    for v in vectors:
+        v_pre = vec["pre"][v.layer][v.index]
+        proj_pre = vocab_projection(pre.model, v_pre[None])[0]
+        row = {"layer": v.layer, "index": v.index, "score": v.score,
+               "top_tokens_pre": [pre.tokenizer.decode([t]).strip() for t in top_token_ids(proj_pre, 8)]}
+        for name, m in models.items():
+            v_other = vec[name][v.layer][v.index]
+            proj = vocab_projection(m.model, v_other[None])[0]
+            stats = compare_vectors(v_pre, v_other, proj_pre, proj, token_ids, n_top)
+            row.update({f"{k}_{name}": value for k, value in stats.items()})
+            cos[name].append(stats["cosine"])
+        others = rng.choice(vec["post"][v.layer].shape[0], size=8, replace=False)
+        cos["chance"].append(float(torch.nn.functional.cosine_similarity(
+            v_pre[None], vec["post"][v.layer][torch.as_tensor(others)]).abs().mean()))
+        rows.append(row)
+    return rows, cos
+
+
+def _summary(rows: list[dict], cos: dict, vectors: list[ConceptVector], picks: dict, mode: str, n_top: int,
+             has_floor: bool, *, drops: tuple[float, float, float, float]) -> dict:
+    drop_pre, rand_pre, drop_post, rand_post = drops
+    effect_pre, effect_post = drop_pre - rand_pre, drop_post - rand_post
+    summary = {
+        "n_vectors": len(vectors), "layers": sorted(picks), "ablation": mode, "top_tokens_n": n_top,
+        "cosine_post": float(np.mean(cos["post"])), "causal_effect_pre": effect_pre,
+        "causal_effect_post": effect_post, "log_odds_drop_pre": drop_pre, "random_drop_pre": rand_pre,
+        "log_odds_drop_post": drop_post, "random_drop_post": rand_post,
+        "causal_ratio_post": effect_post / effect_pre if effect_pre > 0 else None,
+        **{f"{k}_post": float(np.mean([r[f"{k}_post"] for r in rows])) for k in
+           ("distance", "relative_distance", "jaccard_top")},
+    }
+    kept = [r["concept_tokens_kept_post"] for r in rows if r["concept_tokens_kept_post"] is not None]
+    summary["concept_tokens_kept_post"] = float(np.mean(kept)) if kept else None
+    if has_floor:
+        summary["cosine_floor"] = float(np.mean(cos["floor"]))
+        summary["jaccard_top_floor"] = float(np.mean([r["jaccard_top_floor"] for r in rows]))
+    return summary

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
+from palimpsest.audit.finalize import Measurement
 from palimpsest.capture import answer_ids
 from palimpsest.probes.figures import per_layer_figure
 from palimpsest.probes.lens import Readout, TunedLens, answer_prob_rank
-from palimpsest.stats import calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 SETS = ("forget", "paraphrases", "neighbours", "retain")
 LENSES = ("logit", "tuned")
@@ -35,8 +37,68 @@ def _fit_tuned_lens(acts, model: str, max_tokens: int, seed: int, ridge: float) 
     return TunedLens.fit(streams, ridge=ridge)
 
 
+def _lens_stats(ctx, reader: dict[str, str], lenses: tuple[str, ...], sets: list[str], use_holdout: bool,
+                readouts: dict[str, Readout], tuned: dict[str, TunedLens | None]
+                ) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+    """stats[(model, set, lens)] = (prob [layers, n], rank [layers, n]) of the first answer token; lens "own" = the
+    model's own readout (only for a model read through another's)."""
+    acts = ctx.acts
+    stats: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for m in reader:
+        for s in sets + (["holdout"] if use_holdout and m == "post" else []):
+            targets = _first_answer_ids(acts.models[m].tokenizer, acts.items(s))
+            layers = acts.layers(m, s, "last")
+            variants = list(lenses) + (["own"] if reader[m] != m else [])
+            for lens in variants:
+                probs, ranks = [], []
+                for layer, resid in enumerate(layers):
+                    h = tuned[reader[m]].translate(layer, resid) if lens == "tuned" else resid
+                    p, r = answer_prob_rank(readouts[m if lens == "own" else reader[m]].logits(h), targets)
+                    probs.append(p)
+                    ranks.append(r)
+                stats[(m, s, lens)] = (np.stack(probs), np.stack(ranks))
+    return stats
+
+
+def _layer_rows(stats, reader: dict[str, str]) -> list[dict]:
+    rows = []
+    for (m, s, lens), (probs, ranks) in stats.items():
+        for layer in range(probs.shape[0]):
+            rows.append({"layer": layer, "model": m, "set": s, "lens": lens, "readout": m if lens == "own"
+                         else reader[m], "prob": float(probs[layer].mean()),
+                         "median_rank": float(np.median(ranks[layer])), "top1": float((ranks[layer] == 0).mean())})
+    return rows
+
+
+class _Layers:
+    """Reads the stats over the forget sets: the best intermediate layer (every layer but the last) per item."""
+
+    def __init__(self, stats, forget_sets: list[str], n_layers: int):
+        self.stats, self.forget_sets, self.mid = stats, forget_sets, slice(0, n_layers - 1)
+
+    def best_mid(self, m: str, lens: str, which: list[str] | None = None) -> np.ndarray:
+        return np.concatenate([self.stats[(m, s, lens)][0][self.mid].max(0) for s in which or self.forget_sets])
+
+    def ranks_of(self, m: str, lens: str) -> tuple[np.ndarray, np.ndarray]:
+        """(best intermediate-layer rank under `lens`, rank in the model's actual output)."""
+        rk = np.concatenate([self.stats[(m, s, lens)][1] for s in self.forget_sets], axis=1)
+        out_lens = "own" if (m, self.forget_sets[0], "own") in self.stats else "logit"
+        out = np.concatenate([self.stats[(m, s, out_lens)][1][-1] for s in self.forget_sets])
+        return rk[self.mid].min(0), out
+
+
+class LogitLensConfig(AnalyserConfig):
+    lens: Literal["logit", "tuned"] = "logit"  # the lens the residue is read through (tuned falls back to logit)
+    # whose final norm + unembedding decodes the post model: the pre model's ("pre") or its own ("own")
+    readout: Literal["pre", "own"] = "pre"
+    signature_top_k: int = 5  # suppression signature: the answer in the top k mid-network but not at the output
+    min_gap: float = 0.02  # the pre model's best intermediate layer must beat the floor by this (probability)
+    tuned_max_tokens: int = 4096  # at most this many retain/neighbour tokens fit the tuned-lens translators
+    ridge: float = 1e-2  # ridge penalty of the tuned-lens least-squares fit
+
+
 @register
-class LogitLens:
+class LogitLens(Analyser):
     name = "logit_lens"
     kind = "residue"
     title = "Logit lens and tuned lens (where the answer still forms)"
@@ -51,130 +113,97 @@ class LogitLens:
         "between the floor model (or never-trained holdout items) and the pre model. Suppression signature: the "
         "answer ranks high at intermediate layers of the post model but not in its output."
     )
+    Config = LogitLensConfig
+    modalities = frozenset({"text"})
+    needs = frozenset({"activations"})  # every layer's residual stream at the last prompt token (and all tokens)
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
-        lens_for_residue = opt("lens", "logit")
-        readout_from = opt("readout", "pre")  # post read through "pre": the pre model's norm+unembedding; or "own"
-        top_k = int(opt("signature_top_k", 5))
-        min_gap = float(opt("min_gap", 0.02))
-        if lens_for_residue not in LENSES:
-            raise ValueError(f"logit_lens option lens={lens_for_residue!r}: use one of {', '.join(LENSES)}")
-        if len(concept.forget) < config.min_items:
-            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
+    def measure(self, ctx) -> Measurement | Result:
+        opts: LogitLensConfig = ctx.opts
+        pair, acts = ctx.pair, ctx.acts
         n_layers = pair.pre.n_layers
         if n_layers < 2:
             return inconclusive(self.name, "the model has a single layer: no intermediate layer to read")
         models = ["pre", "post"] + (["floor"] if pair.floor is not None else [])
         # whose readout decodes each model: the post model's residual stream is read by the pre model's final norm
         # and unembedding (readout="pre"), so that a change to the output layer alone cannot hide the answer
-        reader = {m: ("pre" if m == "post" and readout_from == "pre" else m) for m in models}
-        tuned: dict[str, TunedLens | None] = {}
-        for r in dict.fromkeys(reader.values()):
-            tuned[r] = _fit_tuned_lens(acts, r, int(opt("tuned_max_tokens", 4096)), config.seed,
-                                       float(opt("ridge", 1e-2)))
+        reader = {m: ("pre" if m == "post" and opts.readout == "pre" else m) for m in models}
+        tuned = {r: _fit_tuned_lens(acts, r, opts.tuned_max_tokens, ctx.config.seed, opts.ridge)
+                 for r in dict.fromkeys(reader.values())}
         lenses = LENSES if all(t is not None for t in tuned.values()) else ("logit",)
-        if lens_for_residue not in lenses:
-            lens_for_residue = "logit"
+        lens = opts.lens if opts.lens in lenses else "logit"
         sets = [s for s in SETS if acts.items(s)]
         use_holdout = pair.floor is None and bool(acts.items("holdout"))
         readouts = {m: Readout.of(acts.models[m].model) for m in models}
-        # stats[(model, set, lens)] = (prob [layers, n], rank [layers, n]); lens "own" = the model's own readout
-        stats: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
-        for m in models:
-            for s in sets + (["holdout"] if use_holdout and m == "post" else []):
-                targets = _first_answer_ids(acts.models[m].tokenizer, acts.items(s))
-                layers = acts.layers(m, s, "last")
-                variants = list(lenses) + (["own"] if reader[m] != m else [])
-                for lens in variants:
-                    probs, ranks = [], []
-                    for layer, resid in enumerate(layers):
-                        h = tuned[reader[m]].translate(layer, resid) if lens == "tuned" else resid
-                        p, r = answer_prob_rank(readouts[m if lens == "own" else reader[m]].logits(h), targets)
-                        probs.append(p)
-                        ranks.append(r)
-                    stats[(m, s, lens)] = (np.stack(probs), np.stack(ranks))
-        rows = []
-        for (m, s, lens), (probs, ranks) in stats.items():
-            for layer in range(probs.shape[0]):
-                rows.append({"layer": layer, "model": m, "set": s, "lens": lens, "readout": m if lens == "own"
-                             else reader[m], "prob": float(probs[layer].mean()),
-                             "median_rank": float(np.median(ranks[layer])), "top1": float((ranks[layer] == 0).mean())})
+        stats = _lens_stats(ctx, reader, lenses, sets, use_holdout, readouts, tuned)
+        rows = _layer_rows(stats, reader)
         forget_sets = [s for s in ("forget", "paraphrases") if s in sets]
-        mid = slice(0, n_layers - 1)
-
-        def best_mid(m: str, lens: str, which=forget_sets) -> np.ndarray:
-            return np.concatenate([stats[(m, s, lens)][0][mid].max(0) for s in which])
-
-        def ranks_of(m: str, lens: str) -> tuple[np.ndarray, np.ndarray]:
-            """(best intermediate-layer rank under `lens`, rank in the model's actual output)."""
-            rk = np.concatenate([stats[(m, s, lens)][1] for s in forget_sets], axis=1)
-            out_lens = "own" if (m, forget_sets[0], "own") in stats else "logit"
-            out = np.concatenate([stats[(m, s, out_lens)][1][-1] for s in forget_sets])
-            return rk[mid].min(0), out
-
-        post_x, pre_x = best_mid("post", lens_for_residue), best_mid("pre", lens_for_residue)
+        read = _Layers(stats, forget_sets, n_layers)
+        post_x, pre_x = read.best_mid("post", lens), read.best_mid("pre", lens)
         if pair.floor is not None:
-            floor_x, floor_source, paired = best_mid("floor", lens_for_residue), "floor model", True
+            floor_x, floor_source, paired = read.best_mid("floor", lens), "floor model", True
         elif use_holdout:
-            floor_x, floor_source, paired = best_mid("post", lens_for_residue, ["holdout"]), \
+            floor_x, floor_source, paired = read.best_mid("post", lens, ["holdout"]), \
                 "never-trained holdout items on the post model", False
         else:
             vocab = readouts["post"].logits(acts.layers("post", "forget", "last")[0][:1]).shape[-1]
             floor_x, floor_source, paired = np.array([1.0 / vocab]), "uniform chance (1/vocab)", False
-        cal = calibrate(post_x, floor_x, pre_x, paired=paired, n_bootstrap=config.n_bootstrap,
-                        ci_level=config.ci_level, seed=config.seed)
-        signature = {}
-        for m in models:
-            for lens in lenses:
-                mid_rank, final_rank = ranks_of(m, lens)
-                signature[f"{m}_{lens}"] = {
-                    "best_mid_rank_median": float(np.median(mid_rank)),
-                    "output_rank_median": float(np.median(final_rank)),
-                    # the answer is in the top-k at some intermediate layer but not in the model's output
-                    "share_suppressed_late": float(((mid_rank < top_k) & (final_rank >= top_k)).mean()),
-                }
-        post_sig = signature[f"post_{lens_for_residue}"]
+        signature = {f"{m}_{name}": self._signature(read, m, name, opts.signature_top_k)
+                     for m in models for name in lenses}
+        post_sig = signature[f"post_{lens}"]
         summary = {
-            "lens": lens_for_residue, "readout": readout_from, "lenses": list(lenses),
+            "lens": lens, "readout": opts.readout, "lenses": list(lenses),
             "best_mid_prob_pre": float(pre_x.mean()), "best_mid_prob_post": float(post_x.mean()),
             "best_mid_prob_floor": float(np.mean(floor_x)), "signature": signature,
             "suppression_signature": bool(post_sig["share_suppressed_late"] >= 0.5),
         }
         forget_items = [it for s in forget_sets for it in acts.items(s)]
-        per_item = []
-        mid_post, final_post = ranks_of("post", lens_for_residue)
-        mid_pre, final_pre = ranks_of("pre", lens_for_residue)
-        for i, it in enumerate(forget_items):
-            per_item.append({"prompt": it.prompt, "answer": it.answer, "best_mid_prob_post": float(post_x[i]),
-                             "best_mid_prob_pre": float(pre_x[i]), "best_mid_rank_post": int(mid_post[i]),
-                             "output_rank_post": int(final_post[i]), "best_mid_rank_pre": int(mid_pre[i]),
-                             "output_rank_pre": int(final_pre[i])})
-        notes = [f"{lens_for_residue} lens; the post model is read through the {readout_from} model's final norm and "
+        return Measurement(
+            post=post_x, floor=floor_x, ceiling=pre_x, floor_source=floor_source, paired=paired,
+            min_gap=opts.min_gap, degenerate=("the pre model's intermediate layers do not form the forget answers "
+                                              f"above the floor (gap {{gap:.3f}} < {opts.min_gap})"),
+            evidence=("at its best intermediate layer the post model gives the forgotten answer p={post:.2f} (pre "
+                      "{ceiling:.2f}, floor {floor:.2f}); at the output its median rank is "
+                      f"{post_sig['output_rank_median']:.0f}"),
+            summary=summary, per_item=self._per_item(read, lens, forget_items, post_x, pre_x),
+            tables={"per_layer": rows}, notes=self._notes(opts, lens, lenses, n_layers, post_sig),
+            extra={"lenses": lenses})
+
+    @staticmethod
+    def _signature(read: _Layers, m: str, lens: str, top_k: int) -> dict:
+        mid_rank, final_rank = read.ranks_of(m, lens)
+        return {
+            "best_mid_rank_median": float(np.median(mid_rank)),
+            "output_rank_median": float(np.median(final_rank)),
+            # the answer is in the top-k at some intermediate layer but not in the model's output
+            "share_suppressed_late": float(((mid_rank < top_k) & (final_rank >= top_k)).mean()),
+        }
+
+    @staticmethod
+    def _per_item(read: _Layers, lens: str, items, post_x: np.ndarray, pre_x: np.ndarray) -> list[dict]:
+        mid_post, final_post = read.ranks_of("post", lens)
+        mid_pre, final_pre = read.ranks_of("pre", lens)
+        return [{"prompt": it.prompt, "answer": it.answer, "best_mid_prob_post": float(post_x[i]),
+                 "best_mid_prob_pre": float(pre_x[i]), "best_mid_rank_post": int(mid_post[i]),
+                 "output_rank_post": int(final_post[i]), "best_mid_rank_pre": int(mid_pre[i]),
+                 "output_rank_pre": int(final_pre[i])} for i, it in enumerate(items)]
+
+    @staticmethod
+    def _notes(opts: LogitLensConfig, lens: str, lenses: tuple[str, ...], n_layers: int, post_sig: dict) -> list[str]:
+        notes = [f"{lens} lens; the post model is read through the {opts.readout} model's final norm and "
                  f"unembedding ('own' rows: its own); residue from the best of layers 0..{n_layers - 2}"]
         if lenses == ("logit",):
             notes.append("tuned lens skipped: too few retain/neighbour tokens to fit the translators")
         if post_sig["share_suppressed_late"] >= 0.5:
             notes.append(f"suppression signature: for {post_sig['share_suppressed_late']:.0%} of forget items the "
-                         f"answer is in the top {top_k} at an intermediate layer of the post model but not at the "
-                         "output")
-        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, per_item=per_item, tables={"per_layer": rows})
-        if cal.residue is None or cal.ceiling - cal.floor < min_gap:
-            result = inconclusive(self.name, "the pre model's intermediate layers do not form the forget answers "
-                                             f"above the floor (gap {cal.ceiling - cal.floor:.3f} < {min_gap})",
-                                  **common)
-            result.notes.extend(notes)
-        else:
-            result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci, notes=notes,
-                            evidence=(f"at its best intermediate layer the post model gives the forgotten answer "
-                                      f"p={cal.post:.2f} (pre {cal.ceiling:.2f}, floor {cal.floor:.2f}); at the output "
-                                      f"its median rank is {post_sig['output_rank_median']:.0f}"), **common)
-        for lens in lenses:
-            result.add_figure(f"{lens} lens: answer probability per layer", per_layer_figure(
-                [dict(r, series=f"{r['model']} {r['set']}") for r in rows if r["lens"] == lens and r["set"] in
-                 ("forget", "retain")] + [dict(r, series=f"post {r['set']} (own readout)") for r in rows
-                                          if lens == "logit" and r["lens"] == "own" and r["set"] == "forget"],
-                x="layer", y="prob", series="series", title=f"{lens} lens: P(correct answer) per layer",
-                y_title="probability"))
-        return result
+                         f"answer is in the top {opts.signature_top_k} at an intermediate layer of the post model "
+                         "but not at the output")
+        return notes
+
+    def figures(self, measured: Measurement, ctx) -> dict:
+        rows = measured.tables["per_layer"]
+        return {f"{lens} lens: answer probability per layer": per_layer_figure(
+            [dict(r, series=f"{r['model']} {r['set']}") for r in rows if r["lens"] == lens and r["set"] in
+             ("forget", "retain")] + [dict(r, series=f"post {r['set']} (own readout)") for r in rows
+                                      if lens == "logit" and r["lens"] == "own" and r["set"] == "forget"],
+            x="layer", y="prob", series="series", title=f"{lens} lens: P(correct answer) per layer",
+            y_title="probability") for lens in measured.extra["lenses"]}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
+from palimpsest.audit.finalize import Measurement
 from palimpsest.capture import layer_of, resid_post_sites
 from palimpsest.probes.data import ProbeSplit, gather, probe_splits
 from palimpsest.probes.figures import per_layer_figure
 from palimpsest.probes.linear import fit_probe, grouped_cv_accuracy, shuffle_by_group, true_label_scores
-from palimpsest.stats import calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 VARIANTS = ("pre", "post", "floor", "transfer", "shuffled")
 
@@ -56,8 +58,18 @@ def _cv_accuracy(acts, model: str, site: str, position: str, splits: list[ProbeS
     return float(np.mean(values)) if values else None
 
 
+class ProbesConfig(AnalyserConfig):
+    # the token positions a probe reads (last prompt token, last subject token, mean over the answer span)
+    positions: tuple[Literal["last", "subject", "answer_mean"], ...] = ("last", "subject")
+    C: float = 0.1  # inverse L2 strength of the logistic-regression probes
+    cv_folds: int = 3  # grouped cross-validation folds for the cv_acc_* summary (<= 1: skipped)
+    min_gap: float = 0.1  # the pre model's probe must beat the floor by this (true-answer probability)
+    min_train_items: int = 8  # an attribute is probed only with at least this many training items of other subjects
+    sites: tuple[str, ...] | None = None  # the sites probed (None: every residual-stream site of the pre model)
+
+
 @register
-class LinearProbes:
+class LinearProbes(Analyser):
     name = "probes"
     kind = "residue"
     title = "Linear probes (representation residue)"
@@ -70,41 +82,28 @@ class LinearProbes:
         "'transfer' is the pre model's probe read on the post model. Residue near 1: the answers are as decodable "
         "as before unlearning (suppression); near 0: no more decodable than in a model that never learned them."
     )
+    Config = ProbesConfig
+    modalities = frozenset({"text", "image"})  # image: Analyser.run hands it to palimpsest.vision.measures.probes
+    needs = frozenset({"activations"})  # captures of every model at every residual-stream site
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
-        positions = tuple(opt("positions", ("last", "subject")))
-        c, cv_folds, min_gap = float(opt("C", 0.1)), int(opt("cv_folds", 3)), float(opt("min_gap", 0.1))
-        min_train = int(opt("min_train_items", 8))
-        if len(concept.forget) < config.min_items:
-            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
-        splits = [s for s in probe_splits(concept) if len(s.train) >= min_train and s.n_classes >= 2]
+    def measure(self, ctx) -> Measurement | Result:
+        opts: ProbesConfig = ctx.opts
+        splits = [s for s in probe_splits(ctx.concept) if len(s.train) >= opts.min_train_items and s.n_classes >= 2]
         if not splits:
             return inconclusive(self.name, "no attribute has enough training items of other subjects "
-                                           f"(>= {min_train} items, >= 2 answers) to train a probe")
+                                           f"(>= {opts.min_train_items} items, >= 2 answers) to train a probe")
         seen = float(np.mean([s.test_labels_seen for s in splits]))
-        models = ["pre", "post"] + (["floor"] if pair.floor is not None else [])
-        floor_key = "floor" if pair.floor is not None else "shuffled"
-        floor_source = "floor model (never learned the items)" if pair.floor is not None else \
+        has_floor = ctx.pair.floor is not None
+        floor_key = "floor" if has_floor else "shuffled"
+        floor_source = "floor model (never learned the items)" if has_floor else \
             "probe trained on subject-shuffled labels"
-        sites = list(opt("sites", resid_post_sites(pair.pre.model)))
-        rows, scores = [], {}
-        for position in positions:
-            for site in sites:
-                res = _site_scores(acts, models, site, position, splits, c=c, seed=config.seed)
-                scores[(site, position)] = res
-                layer = layer_of(site)
-                for variant, values in res["prob"].items():
-                    rows.append({"layer": layer, "site": site, "position": position, "variant": variant,
-                                 "prob_true": float(values.mean()), "accuracy": float(res["acc"][variant].mean())})
+        rows, scores = self._score_sites(ctx, splits)
         # the site where the pre model decodes the answers best above the floor; chosen without looking at post
         gaps = {key: res["prob"]["pre"].mean() - res["prob"][floor_key].mean() for key, res in scores.items()}
         best = max(gaps, key=gaps.get)
         res = scores[best]
-        cv = {m: _cv_accuracy(acts, m, best[0], best[1], splits, folds=cv_folds, c=c) if cv_folds > 1 else None
-              for m in ("pre", "post")}
-        cal = calibrate(res["prob"]["post"], res["prob"][floor_key], res["prob"]["pre"], paired=True,
-                        n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed)
+        cv = {m: _cv_accuracy(ctx.acts, m, best[0], best[1], splits, folds=opts.cv_folds, c=opts.C)
+              if opts.cv_folds > 1 else None for m in ("pre", "post")}
         summary = {
             "best_site": best[0], "best_position": best[1], "n_test_items": int(len(res["prob"]["pre"])),
             "attributes": [s.attribute for s in splits], "test_answers_seen_in_training": seen,
@@ -112,27 +111,44 @@ class LinearProbes:
             **{f"prob_{v}": float(res["prob"][v].mean()) for v in res["prob"]},
             "cv_acc_pre": cv["pre"], "cv_acc_post": cv["post"],
         }
-        test_items = [concept.items(name)[i] for split in splits for name, i in split.test]
-        per_item = [{"prompt": it.prompt, "answer": it.answer, "subject": it.subject, "attribute": it.attribute,
-                     **{f"p_{v}": float(res["prob"][v][i]) for v in res["prob"]}} for i, it in enumerate(test_items)]
         notes = [f"residue read at {best[0]} ({best[1]} position), the site where the pre model's probe is furthest "
                  f"above the floor ({gaps[best]:.2f} in true-answer probability)"]
-        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, per_item=per_item, tables={"per_layer": rows})
         if seen < 0.5:
             notes.append(f"only {seen:.0%} of forget answers occur among the training answers of other subjects")
-        if cal.residue is None or gaps[best] < min_gap:
-            result = inconclusive(self.name, f"the probe on the pre model does not decode the forget answers above "
-                                             f"the floor (gap {gaps[best]:.2f} < min_gap={min_gap}); no residue can "
-                                             "be measured", **common)
-            result.notes.extend(notes)
-        else:
-            result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci, notes=notes,
-                            evidence=(f"a probe trained on other people decodes the forgotten answers from the post "
-                                      f"model with p={cal.post:.2f} (pre {cal.ceiling:.2f}, floor {cal.floor:.2f}) "
-                                      f"at {best[0]}/{best[1]}"), **common)
-        for position in positions:
-            result.add_figure(f"Probe accuracy per layer ({position} position)", per_layer_figure(
-                [r for r in rows if r["position"] == position], x="layer", y="accuracy", series="variant",
-                title=f"Probe accuracy on forget items, {position} position", y_title="accuracy"))
-        return result
+        return Measurement(
+            post=res["prob"]["post"], floor=res["prob"][floor_key], ceiling=res["prob"]["pre"],
+            floor_source=floor_source, paired=True, min_gap=opts.min_gap, gap=float(gaps[best]),
+            degenerate=("the probe on the pre model does not decode the forget answers above the floor (gap "
+                        f"{gaps[best]:.2f} < min_gap={opts.min_gap}); no residue can be measured"),
+            evidence=("a probe trained on other people decodes the forgotten answers from the post model with "
+                      f"p={{post:.2f}} (pre {{ceiling:.2f}}, floor {{floor:.2f}}) at {best[0]}/{best[1]}"),
+            summary=summary, per_item=_per_item(ctx.concept, splits, res), tables={"per_layer": rows}, notes=notes)
+
+    def _score_sites(self, ctx, splits: list[ProbeSplit]) -> tuple[list[dict], dict]:
+        """Every probe variant at every (site, position): the per-layer table rows and the per-item scores."""
+        opts: ProbesConfig = ctx.opts
+        models = ["pre", "post"] + (["floor"] if ctx.pair.floor is not None else [])
+        sites = list(opts.sites) if opts.sites is not None else list(resid_post_sites(ctx.pair.pre.model))
+        rows, scores = [], {}
+        for position in opts.positions:
+            for site in sites:
+                res = _site_scores(ctx.acts, models, site, position, splits, c=opts.C, seed=ctx.config.seed)
+                scores[(site, position)] = res
+                layer = layer_of(site)
+                for variant, values in res["prob"].items():
+                    rows.append({"layer": layer, "site": site, "position": position, "variant": variant,
+                                 "prob_true": float(values.mean()), "accuracy": float(res["acc"][variant].mean())})
+        return rows, scores
+
+    def figures(self, measured: Measurement, ctx) -> dict:
+        rows = measured.tables["per_layer"]
+        return {f"Probe accuracy per layer ({position} position)": per_layer_figure(
+            [r for r in rows if r["position"] == position], x="layer", y="accuracy", series="variant",
+            title=f"Probe accuracy on forget items, {position} position", y_title="accuracy")
+            for position in ctx.opts.positions}
+
+
+def _per_item(concept, splits: list[ProbeSplit], res: dict) -> list[dict]:
+    test_items = [concept.items(name)[i] for split in splits for name, i in split.test]
+    return [{"prompt": it.prompt, "answer": it.answer, "subject": it.subject, "attribute": it.attribute,
+             **{f"p_{v}": float(res["prob"][v][i]) for v in res["prob"]}} for i, it in enumerate(test_items)]

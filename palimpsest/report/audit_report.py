@@ -37,6 +37,25 @@ def residue_figure(result: AuditResult) -> go.Figure:
     return fig
 
 
+def config_section(config) -> str:
+    """The resolved config: thresholds and knobs, the shared SAE config, and every analyser's options (with
+    defaults), collapsible; `palimpsest audit --config FILE` reads the same schema (palimpsest config show)."""
+    resolved = config.resolved()
+    options = resolved.pop("options", {})
+    sae = resolved.pop("sae", {})
+    parts = ["<h2>Thresholds and configuration</h2>",
+             key_values({**resolved, "thresholds_source": config.thresholds_source()}),
+             f"<details><summary>SAE config ({len(sae)} fields)</summary>{key_values(sae)}</details>"]
+    defaults = {name: analyser.Config().model_dump(mode="json") for name, analyser in load_analysers().items()}
+    rows = [{"analyser": name, "option": key, "value": value,
+             "from": "default" if defaults.get(name, {}).get(key) == value else "config"}
+            for name, fields in options.items() for key, value in fields.items()]
+    body = table(rows) if rows else '<p class="muted">no analyser has options</p>'
+    parts.append(f"<details><summary>Analyser options ({len(rows)} across {len(options)} analysers; "
+                 f"{sum(r['from'] == 'config' for r in rows)} set by the config)</summary>{body}</details>")
+    return "\n".join(parts)
+
+
 def render_report(result: AuditResult, analysers: dict | None = None) -> str:
     """`analysers` gives section titles and descriptions (default: the language-model registry)."""
     analysers = load_analysers() if analysers is None else analysers
@@ -69,9 +88,7 @@ def render_report(result: AuditResult, analysers: dict | None = None) -> str:
     for name, r in result.analyses.items():
         analyser = analysers.get(name)
         parts.append(result_section(r, getattr(analyser, "title", name), getattr(analyser, "description", ""), figures))
-    parts.append("<h2>Thresholds and configuration</h2>")
-    parts.append(key_values({**result.config.model_dump(mode="json"),
-                             "thresholds_source": result.config.thresholds_source()}))
+    parts.append(config_section(result.config))
     parts.append("<h2>Concept items</h2>")
     for item_set, items in (("forget", concept.forget), ("paraphrases", concept.paraphrases),
                             ("neighbours", concept.neighbours), ("retain", concept.retain),

@@ -1,8 +1,10 @@
-"""Shared pieces of the restoration analysers: item splits, accuracy under an edit, calibrated results."""
+"""Shared pieces of the restoration analysers: item splits, accuracy under an edit, and the family's finalize
+(`RateMeasurement` -> `calibrated_result`: residue from restoration rates)."""
 
 from __future__ import annotations
 
-from typing import Callable, ContextManager, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -78,29 +80,66 @@ def restoration_rate(pre: np.ndarray, post: np.ndarray, attacked: np.ndarray) ->
     return float(attacked.astype(bool)[forgotten].mean())
 
 
-def calibrated_result(name: str, *, post: np.ndarray, floor: np.ndarray, ceiling: np.ndarray,
-                      post_base: np.ndarray, floor_base: np.ndarray, floor_known: np.ndarray | None = None,
-                      floor_source: str, config: AuditConfig, summary: dict, per_item: list[dict],
-                      tables: dict | None = None, notes: list[str] | None = None, evidence: str = "",
-                      kind: str = "residue", paired: bool = True) -> Result:
-    """Residue from restoration rates: the share of the post model's forgotten items (pre right, post wrong
-    unattacked) that the attack makes right, against the same share for the floor (the floor model's items that
-    the pre model knows and it does not; or the random control on the post model's forgotten items), with
-    ceiling 1 (every forgotten answer back, as in the pre model): (rate_post - rate_floor) / (1 - rate_floor).
+@dataclass
+class RateMeasurement:
+    """What a restoration attack measured, per evaluation item (bool arrays): `post` the attacked post model,
+    `floor` the attacked floor (floor model or chance control), `ceiling` the pre model, `post_base` / `floor_base`
+    the same models unattacked; `floor_known` the floor items the pre model knows (default: `ceiling`).
+    `blocked`: a reason the measure tests nothing here (the result is inconclusive, its calibration still shown).
+    `extra`: what the analyser's figures need."""
+
+    post: np.ndarray
+    floor: np.ndarray
+    ceiling: np.ndarray
+    post_base: np.ndarray
+    floor_base: np.ndarray
+    floor_source: str
+    evidence: str
+    floor_known: np.ndarray | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    per_item: list[dict[str, Any]] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    blocked: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrated_result(analyser, measured: RateMeasurement, ctx) -> Result:
+    """The restoration family's finalize: residue from restoration rates, then the analyser's figures.
+
+    The share of the post model's forgotten items (pre right, post wrong unattacked) that the attack makes right,
+    against the same share for the floor (the floor model's items that the pre model knows and it does not; or the
+    random control on the post model's forgotten items), with ceiling 1 (every forgotten answer back, as in the pre
+    model): (rate_post - rate_floor) / (1 - rate_floor).
 
     Rates, not accuracies, because two models that never learned the items guess a different share of them
     right unattacked; what an attack adds is what tells suppression from deletion. `floor_known` marks the floor
     items the pre model knows (default: `ceiling`; all True for never-trained holdout items).
     """
-    known = ceiling.astype(bool) if floor_known is None else floor_known.astype(bool)
-    forgotten = ceiling.astype(bool) & ~post_base.astype(bool)
-    floor_forgotten = known & ~floor_base.astype(bool)
+    result = rate_result(analyser.name, measured, ctx.config, kind=analyser.kind)
+    if measured.blocked:
+        result = inconclusive(analyser.name, measured.blocked, kind=analyser.kind, floor=result.floor,
+                              ceiling=result.ceiling, post=result.post, floor_source=measured.floor_source,
+                              summary=measured.summary, per_item=result.per_item, tables=result.tables)
+        result.notes.extend(measured.notes)
+    for title, figure in analyser.figures(measured, ctx).items():
+        result.add_figure(title, figure)
+    return result
+
+
+def rate_result(name: str, m: RateMeasurement, config: AuditConfig, kind: str = "residue") -> Result:
+    """`calibrated_result` without figures or the `blocked` override."""
+    post, floor, ceiling = m.post, m.floor, m.ceiling
+    known = ceiling.astype(bool) if m.floor_known is None else m.floor_known.astype(bool)
+    forgotten = ceiling.astype(bool) & ~m.post_base.astype(bool)
+    floor_forgotten = known & ~m.floor_base.astype(bool)
     pre_acc = float(ceiling.astype(float).mean())
-    summary = {**summary, "n_forgotten_held_out": int(forgotten.sum()), "n_floor_forgotten": int(floor_forgotten.sum()),
+    summary = {**m.summary, "n_forgotten_held_out": int(forgotten.sum()),
+               "n_floor_forgotten": int(floor_forgotten.sum()),
                "restoration_rate_post": float(post[forgotten].astype(float).mean()) if forgotten.any() else None,
                "restoration_rate_floor": (float(floor[floor_forgotten].astype(float).mean())
                                           if floor_forgotten.any() else None)}
-    common = dict(floor_source=floor_source, summary=summary, per_item=per_item, tables=tables or {})
+    common = dict(floor_source=m.floor_source, summary=summary, per_item=m.per_item, tables=m.tables or {})
     if pre_acc < MIN_PRE_ACCURACY:
         result = inconclusive(name, f"the pre model answers only {pre_acc:.0%} of the evaluation items "
                                     f"(< {MIN_PRE_ACCURACY:.0%}): there is nothing to restore", kind=kind, **common)
@@ -119,9 +158,9 @@ def calibrated_result(name: str, *, post: np.ndarray, floor: np.ndarray, ceiling
                                         "restoration: it cannot separate a model that knew the items from one that "
                                         "never did", kind=kind, **common)
         else:
-            result = Result(name=name, kind=kind, status="ok", residue=cal.residue, ci=cal.ci, evidence=evidence,
+            result = Result(name=name, kind=kind, status="ok", residue=cal.residue, ci=cal.ci, evidence=m.evidence,
                             **common)
-    result.notes.extend(notes or [])
+    result.notes.extend(m.notes)
     return result
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from palimpsest.capture import ablate_direction, resid_post_sites
 from palimpsest.restoration.common import (
     MIN_RELATIVE_SHIFT,
+    RateMeasurement,
     calibrated_result,
     correct,
     edited,
@@ -25,7 +26,7 @@ from palimpsest.restoration.common import (
 )
 from palimpsest.restoration.figures import bars_figure
 from palimpsest.restoration.head_ablation import head_edit_basis, random_basis, subspace_candidates
-from palimpsest.types import AuditConfig, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 Variant = tuple[str, str]  # (how the direction is estimated, where it is ablated: a layer index or "all")
 
@@ -78,8 +79,15 @@ def forgotten_indices(pre_ok: np.ndarray, model_ok: np.ndarray, train: list[int]
     return [i for i in train if pre_ok[i] and not model_ok[i]]
 
 
+class DirectionAblationConfig(AnalyserConfig):
+    n_random: int = 2  # random-direction (or random-subspace) draws: the chance control
+    # output-layer-only edits: ranks of the weight-difference subspace tried
+    head_ranks: tuple[int, ...] = (1, 2, 4, 8)
+    test_size: float = 0.5  # share of the forget facts held out for scoring
+
+
 @register
-class DirectionAblation:
+class DirectionAblation(Analyser):
     name = "direction_ablation"
     kind = "residue"
     title = "Direction ablation (orthogonalization)"
@@ -91,18 +99,18 @@ class DirectionAblation:
         "removable direction. The variant is chosen on the fitting half; residue = held-out accuracy of the ablated "
         "post model, between the floor (the same attack on the floor model, or random directions) and the pre model."
     )
+    Config = DirectionAblationConfig
+    needs = frozenset({"activations"})
 
-    def run(self, pair, concept, acts, config: AuditConfig):
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
-        n_random = int(opt("n_random", 2))
-        head_ranks = [int(r) for r in opt("head_ranks", (1, 2, 4, 8))]
+    def measure(self, ctx) -> Result:
+        opts: DirectionAblationConfig = ctx.opts
+        pair, concept, acts, config = ctx.pair, ctx.concept, ctx.acts, ctx.config
         items = list(concept.forget)
-        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        train, held = split_items(items, config.seed, opts.test_size)
         if (few := too_few(self.name, len(train), len(held), config)) is not None:
             return few
-        pre, post, floor = pair.pre, pair.post, pair.floor
+        pre, post, floor, bs = pair.pre, pair.post, pair.floor, config.batch_size
         sites = resid_post_sites(pre.model)
-        bs = config.batch_size
         ceiling = correct(pre, items, batch_size=bs)
         post_plain = correct(post, items, batch_size=bs)
         floor_plain = correct(floor, items, batch_size=bs) if floor is not None else None
@@ -113,42 +121,23 @@ class DirectionAblation:
                          f"{len(train)} fitting items")
             sel = train
         directions = fit_directions(acts, "post", sites, sel)
-        rel = [relative_shift(d["mean"], acts.get("pre", site, "forget", "last")) for d, site in zip(directions, sites, strict=True)]
+        rel = [relative_shift(d["mean"], acts.get("pre", site, "forget", "last"))
+               for d, site in zip(directions, sites, strict=True)]
         gen = torch.Generator().manual_seed(config.seed)
         if max(rel) >= MIN_RELATIVE_SHIFT:
-            d_model = directions[0]["mean"].shape[0]
-            candidates = residual_candidates(sites, directions)
-            random_candidates = [residual_candidates(sites, [{"mean": torch.randn(d_model, generator=gen),
-                                                              "pc1": torch.randn(d_model, generator=gen)}
-                                                             for _ in sites]) for _ in range(n_random)]
-
-            def floor_candidates():
-                f_sel = forgotten_indices(ceiling, floor_plain, train)
-                return residual_candidates(sites, fit_directions(acts, "floor", sites, f_sel if len(f_sel) >= 2 else train))
-            description = (f"{len(candidates)} variants (mean / PC1 direction, each layer or all layers) chosen on "
-                           f"{len(train)} fitting items; {n_random} random-direction draws")
+            candidates, random_candidates, floor_candidates, description = _residual_attack(
+                acts, sites, directions, ceiling, floor_plain, train, opts.n_random, gen)
         else:
-            basis = head_edit_basis(pre.model, post.model, max(head_ranks))
+            basis = head_edit_basis(pre.model, post.model, max(opts.head_ranks))
             if basis is None:
                 return inconclusive(self.name, f"post and pre residual streams do not differ on the forget prompts "
                                                f"(largest |r|/|h| = {max(rel):.1e}) and the output layer's weights are "
                                                "equal: the change is after the last block, outside the output layer, so "
                                                "there is no direction to ablate", summary={"relative_shift_max": max(rel)})
-            candidates = subspace_candidates(basis, head_ranks)
-            random_candidates = [subspace_candidates(random_basis(basis.shape[0], basis.shape[1], gen), head_ranks)
-                                 for _ in range(n_random)]
-
-            def floor_candidates():
-                floor_basis = head_edit_basis(pre.model, floor.model, max(head_ranks))
-                return subspace_candidates(floor_basis, head_ranks) if floor_basis is not None else {}
-            description = (f"the residual stream is unchanged (largest |r|/|h| = {max(rel):.1e}): only the output layer "
-                           f"was edited, so the directions are the top right singular vectors of the output-layer "
-                           f"weight difference (numerical rank {basis.shape[0]} or more), projected out of the final "
-                           f"hidden state; ranks {sorted(set(head_ranks))} chosen on {len(train)} fitting items; "
-                           f"{n_random} random-subspace draws")
+            candidates, random_candidates, floor_candidates, description = _head_attack(
+                pre, floor, basis, list(opts.head_ranks), max(rel), len(train), opts.n_random, gen)
         variant, post_att, post_scores = best_of(post, items, candidates, train, bs)
         random_att = np.mean([best_of(post, items, c, train, bs)[1] for c in random_candidates], axis=0)
-
         if floor is not None:
             _, floor_att, _ = best_of(floor, items, floor_candidates(), train, bs)
             floor_values, floor_source = floor_att[held], "the same ablation on the floor model (its own direction)"
@@ -157,11 +146,8 @@ class DirectionAblation:
             floor_values, floor_source = random_att[held], "random directions at the same layers"
             floor_base = post_plain[held]
         notes.append(description)
-
-        table = []
-        for (kind, where), hits in post_scores.items():
-            table.append({"direction": kind, "layers": where, "train_acc": float(hits[train].mean()),
-                          "held_out_acc": float(hits[held].mean())})
+        table = [{"direction": kind, "layers": where, "train_acc": float(hits[train].mean()),
+                  "held_out_acc": float(hits[held].mean())} for (kind, where), hits in post_scores.items()]
         per_layer = [{"layer": i, "site": s, "relative_norm_r": r} for i, (s, r) in enumerate(zip(sites, rel, strict=True))]
         summary = {
             "n_train": len(train), "n_held_out": len(held), "n_direction_items": len(sel),
@@ -174,20 +160,57 @@ class DirectionAblation:
         }
         if floor is not None:
             summary["held_out_acc_floor_ablated"] = float(floor_values.mean())
-        result = calibrated_result(
-            self.name, post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base,
-            floor_source=floor_source, config=config, summary=summary,
+        return calibrated_result(self, RateMeasurement(
+            post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
+            floor_base=floor_base, floor_source=floor_source, summary=summary,
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                ablated=post_att[held], random=random_att[held], floor=floor_values),
-            tables={"variants": table, "per_layer": per_layer},
-            notes=notes,
+            tables={"variants": table, "per_layer": per_layer}, notes=notes,
             evidence=(f"projecting out the unlearning direction ({variant[0]} at {_where(variant[1])}) brings held-out "
                       f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
                       f"{summary['held_out_acc_ablated']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random "
-                      f"{summary['held_out_acc_random_control']:.2f})"))
-        result.add_figure("Held-out accuracy per ablation variant",
-                          bars_figure([f"{r['direction']}@{r['layers']}" for r in table],
-                                      {"post, direction ablated": [r["held_out_acc"] for r in table]},
-                                      "held-out forget accuracy"))
-        return result
+                      f"{summary['held_out_acc_random_control']:.2f})")), ctx)
+
+    def figures(self, measured, ctx) -> dict:
+        table = measured.tables["variants"]
+        return {"Held-out accuracy per ablation variant":
+                bars_figure([f"{r['direction']}@{r['layers']}" for r in table],
+                            {"post, direction ablated": [r["held_out_acc"] for r in table]},
+                            "held-out forget accuracy")}
+
+
+def _residual_attack(acts, sites: list[str], directions, ceiling, floor_plain, train: list[int], n_random: int,
+                     gen: torch.Generator):
+    """Candidates for a residual-stream change: (post candidates, random-direction candidates per draw, a function
+    giving the floor model's own candidates, the note describing them)."""
+    d_model = directions[0]["mean"].shape[0]
+    candidates = residual_candidates(sites, directions)
+    random_candidates = [residual_candidates(sites, [{"mean": torch.randn(d_model, generator=gen),
+                                                      "pc1": torch.randn(d_model, generator=gen)}
+                                                     for _ in sites]) for _ in range(n_random)]
+
+    def floor_candidates():
+        f_sel = forgotten_indices(ceiling, floor_plain, train)
+        return residual_candidates(sites, fit_directions(acts, "floor", sites, f_sel if len(f_sel) >= 2 else train))
+    description = (f"{len(candidates)} variants (mean / PC1 direction, each layer or all layers) chosen on "
+                   f"{len(train)} fitting items; {n_random} random-direction draws")
+    return candidates, random_candidates, floor_candidates, description
+
+
+def _head_attack(pre, floor, basis, head_ranks: list[int], max_rel: float, n_train: int, n_random: int,
+                 gen: torch.Generator):
+    """Candidates for an output-layer-only change: the weight-difference subspace of each rank (same tuple as
+    `_residual_attack`)."""
+    candidates = subspace_candidates(basis, head_ranks)
+    random_candidates = [subspace_candidates(random_basis(basis.shape[0], basis.shape[1], gen), head_ranks)
+                         for _ in range(n_random)]
+
+    def floor_candidates():
+        floor_basis = head_edit_basis(pre.model, floor.model, max(head_ranks))
+        return subspace_candidates(floor_basis, head_ranks) if floor_basis is not None else {}
+    description = (f"the residual stream is unchanged (largest |r|/|h| = {max_rel:.1e}): only the output layer "
+                   f"was edited, so the directions are the top right singular vectors of the output-layer "
+                   f"weight difference (numerical rank {basis.shape[0]} or more), projected out of the final "
+                   f"hidden state; ranks {sorted(set(head_ranks))} chosen on {n_train} fitting items; "
+                   f"{n_random} random-subspace draws")
+    return candidates, random_candidates, floor_candidates, description

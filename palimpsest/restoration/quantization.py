@@ -4,14 +4,21 @@ forgotten answers come back (unlearning updates are often smaller than one quant
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import numpy as np
 import torch
 
 from palimpsest.models import LoadedModel
-from palimpsest.restoration.common import calibrated_result, correct, item_rows, restoration_rate
+from palimpsest.restoration.common import (
+    RateMeasurement,
+    calibrated_result,
+    correct,
+    item_rows,
+    restoration_rate,
+)
 from palimpsest.restoration.figures import bars_figure
-from palimpsest.types import AuditConfig, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 # quantization that keeps less than this share of the pre model's accuracy breaks the model: that width is not used
 MIN_KEPT_ACCURACY = 0.5
@@ -39,8 +46,12 @@ def quantized(loaded, bits: int) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, source=loaded.source, name=f"{loaded.name}@int{bits}")
 
 
+class QuantizationConfig(AnalyserConfig):
+    bits: tuple[Literal[8, 4], ...] = (8, 4)  # weight widths tried (optimum-quanto qint8 / qint4)
+
+
 @register
-class Quantization:
+class Quantization(Analyser):
     name = "quantization"
     kind = "residue"
     title = "Quantization attack"
@@ -52,39 +63,27 @@ class Quantization:
         "quantized post model (best usable width), between the floor (the quantized floor model on the same items, "
         "or, without one, the quantized post model on never-trained holdout items) and the pre model's accuracy."
     )
+    Config = QuantizationConfig
+    needs = frozenset()
 
-    def run(self, pair, concept, acts, config: AuditConfig):
-        bits_list = [int(b) for b in config.option(self.name, "bits", (8, 4))]
+    def measure(self, ctx) -> Result:
+        bits_list = [int(b) for b in ctx.opts.bits]
+        pair, concept, bs = ctx.pair, ctx.concept, ctx.config.batch_size
         items = list(concept.forget)
-        if len(items) < config.min_items:
-            return inconclusive(self.name, f"only {len(items)} forget items (< min_items={config.min_items})")
         pre, post, floor = pair.pre, pair.post, pair.floor
         holdout = list(concept.holdout)
         if floor is None and len(holdout) < 2:
             return inconclusive(self.name, "no floor model and too few never-trained holdout items for a floor")
-        bs = config.batch_size
         ceiling = correct(pre, items, batch_size=bs)
         post_plain = correct(post, items, batch_size=bs)
         per_bits, rows, notes = {}, [], []
         for bits in bits_list:
-            post_model = quantized(post, bits)
-            post_q = correct(post_model, items, batch_size=bs)
-            pre_q = correct(quantized(pre, bits), items, batch_size=bs)
-            if floor is not None:
-                floor_q = correct(quantized(floor, bits), items, batch_size=bs)
-            else:
-                floor_q = correct(post_model, holdout, batch_size=bs)  # never-trained facts: what rounding "recovers"
-            del post_model
-            kept = float(pre_q.mean()) / max(float(ceiling.mean()), 1e-9)
-            usable = kept >= MIN_KEPT_ACCURACY
-            per_bits[bits] = (post_q, floor_q, usable)
-            rows.append({"bits": bits, "forget_acc_post_quantized": float(post_q.mean()),
-                         "forget_acc_pre_quantized": float(pre_q.mean()), "floor_quantized": float(floor_q.mean()),
-                         "pre_accuracy_kept": kept, "usable": usable,
-                         "restoration_rate": restoration_rate(ceiling, post_plain, post_q)})
-            if not usable:
-                notes.append(f"{bits}-bit quantization keeps only {kept:.0%} of the pre model's forget accuracy: "
-                             "that width breaks the model and is not used")
+            post_q, floor_q, row = _quantized_scores(pair, items, holdout, bits, ceiling, post_plain, bs)
+            per_bits[bits] = (post_q, floor_q, row["usable"])
+            rows.append(row)
+            if not row["usable"]:
+                notes.append(f"{bits}-bit quantization keeps only {row['pre_accuracy_kept']:.0%} of the pre model's "
+                             "forget accuracy: that width breaks the model and is not used")
         usable_bits = [b for b in bits_list if per_bits[b][2]]
         summary = {"bits": bits_list, "forget_acc_pre": float(ceiling.mean()), "forget_acc_post": float(post_plain.mean())}
         if not usable_bits:
@@ -106,19 +105,41 @@ class Quantization:
                         else "the quantized post model on never-trained holdout items")
         if len(usable_bits) > 1:
             notes.append(f"of {len(usable_bits)} usable widths the one with the largest gap over the floor is reported")
-        result = calibrated_result(
-            self.name, post=post_q, floor=floor_q, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
-            floor_known=floor_known, paired=paired, floor_source=floor_source,
-            config=config, summary=summary,
+        return calibrated_result(self, RateMeasurement(
+            post=post_q, floor=floor_q, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
+            floor_known=floor_known, floor_source=floor_source, summary=summary,
             per_item=item_rows(items, pre=ceiling, post=post_plain, quantized=post_q,
                                **({"floor": floor_q} if paired else {})),
             tables={"per_bits": rows}, notes=notes,
             evidence=(f"{best}-bit weight quantization changes forget accuracy of the post model from "
                       f"{summary['forget_acc_post']:.2f} to {summary['forget_acc_post_quantized']:.2f} (pre "
-                      f"{summary['forget_acc_pre']:.2f}, quantized floor {summary['forget_acc_floor_quantized']:.2f})"))
-        result.add_figure("Forget accuracy after quantization",
-                          bars_figure([f"int{r['bits']}" for r in rows],
-                                      {"post": [r["forget_acc_post_quantized"] for r in rows],
-                                       "pre": [r["forget_acc_pre_quantized"] for r in rows],
-                                       "floor": [r["floor_quantized"] for r in rows]}, "forget accuracy"))
-        return result
+                      f"{summary['forget_acc_pre']:.2f}, quantized floor {summary['forget_acc_floor_quantized']:.2f})")),
+            ctx)
+
+    def figures(self, measured, ctx) -> dict:
+        rows = measured.tables["per_bits"]
+        return {"Forget accuracy after quantization":
+                bars_figure([f"int{r['bits']}" for r in rows],
+                            {"post": [r["forget_acc_post_quantized"] for r in rows],
+                             "pre": [r["forget_acc_pre_quantized"] for r in rows],
+                             "floor": [r["floor_quantized"] for r in rows]}, "forget accuracy")}
+
+
+def _quantized_scores(pair, items, holdout, bits: int, ceiling: np.ndarray, post_plain: np.ndarray,
+                      bs: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The quantized post model's and floor's per-item correctness at one width, and its per_bits row (the pre
+    model quantized the same way says whether the width is usable)."""
+    post_model = quantized(pair.post, bits)
+    post_q = correct(post_model, items, batch_size=bs)
+    pre_q = correct(quantized(pair.pre, bits), items, batch_size=bs)
+    if pair.floor is not None:
+        floor_q = correct(quantized(pair.floor, bits), items, batch_size=bs)
+    else:
+        floor_q = correct(post_model, holdout, batch_size=bs)  # never-trained facts: what rounding "recovers"
+    del post_model
+    kept = float(pre_q.mean()) / max(float(ceiling.mean()), 1e-9)
+    row = {"bits": bits, "forget_acc_post_quantized": float(post_q.mean()),
+           "forget_acc_pre_quantized": float(pre_q.mean()), "floor_quantized": float(floor_q.mean()),
+           "pre_accuracy_kept": kept, "usable": kept >= MIN_KEPT_ACCURACY,
+           "restoration_rate": restoration_rate(ceiling, post_plain, post_q)}
+    return post_q, floor_q, row

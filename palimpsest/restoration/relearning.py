@@ -4,7 +4,7 @@ half, against the same fine-tuning of a model that never knew them."""
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from palimpsest.capture.backends import forward_kwargs
 from palimpsest.concepts import Item
 from palimpsest.models import LoadedModel
 from palimpsest.restoration.common import (
+    RateMeasurement,
     calibrated_result,
     correct,
     item_rows,
@@ -22,7 +23,7 @@ from palimpsest.restoration.common import (
     too_few,
 )
 from palimpsest.restoration.figures import curves_figure
-from palimpsest.types import AuditConfig, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 
 def answer_labels(batch) -> torch.Tensor:
@@ -77,8 +78,20 @@ def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size:
     return tuned, curve
 
 
+class RelearningConfig(AnalyserConfig):
+    steps: int = 10  # AdamW fine-tuning steps
+    lr: float = 1e-3  # fine-tuning learning rate
+    batch_size: int = 32  # items per fine-tuning step
+    eval_every: int = 2  # the relearning curve is measured every this many steps
+    freeze_output: bool = False  # keep the output layer (and embeddings tied to it) fixed while fine-tuning
+    # what the attack fine-tunes on: half of the forget facts ("forget"), or text that is related but holds none of
+    # them ("related": the concept's neighbour facts, people who share a city or employer), scored on every forget fact
+    data: Literal["forget", "related"] = "forget"
+    test_size: float = 0.5  # share of the forget (and holdout) facts held out for scoring
+
+
 @register
-class Relearning:
+class Relearning(Analyser):
     name = "relearning"
     kind = "residue"
     title = "Relearning attack"
@@ -91,42 +104,38 @@ class Relearning:
         "on the same items, or, without one, of the post model on the concept's never-trained holdout items) and "
         "the pre model's accuracy on the held-out half."
     )
+    Config = RelearningConfig
+    modalities = frozenset({"text", "image"})
+    needs = frozenset({"gradients"})
 
-    def run(self, pair, concept, acts, config: AuditConfig):
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
-        steps, lr = int(opt("steps", 10)), float(opt("lr", 1e-3))
-        bs, every = int(opt("batch_size", 32)), int(opt("eval_every", 2))
-        freeze_output = bool(opt("freeze_output", False))
-        # what the attack fine-tunes on: half of the forget facts ("forget"), or text that is related but holds none
-        # of them ("related": the concept's neighbour facts, people who share a city or employer), scored on every
-        # forget fact
-        data = str(opt("data", "forget"))
+    def measure(self, ctx) -> Result:
+        opts: RelearningConfig = ctx.opts
+        pair, concept, config, data = ctx.pair, ctx.concept, ctx.config, opts.data
         items = list(concept.forget)
         if data == "forget":
-            train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+            train, held = split_items(items, config.seed, opts.test_size)
             if (few := too_few(self.name, len(train), len(held), config)) is not None:
                 return few
             fit, evaluate = [items[i] for i in train], [items[i] for i in held]
-        elif data == "related":
+        else:
             fit, evaluate = list(concept.neighbours), items
             if len(fit) < 2 or len(evaluate) < max(2, config.min_items):
                 return inconclusive(self.name, f"relearning on related text needs >= 2 neighbour items and >= "
                                                f"{max(2, config.min_items)} forget items ({len(fit)}, {len(evaluate)})")
             train, held = list(range(len(fit))), list(range(len(evaluate)))
-        else:
-            raise ValueError(f"relearning option data={data!r}: use 'forget' or 'related'")
-        pre, post, floor = pair.pre, pair.post, pair.floor
-        ceiling = correct(pre, evaluate, batch_size=config.batch_size)
-        post_plain = correct(post, evaluate, batch_size=config.batch_size)
-        kw = dict(steps=steps, lr=lr, batch_size=bs, seed=config.seed, eval_every=every, freeze_output=freeze_output)
+        pre, post, floor, bs = pair.pre, pair.post, pair.floor, config.batch_size
+        ceiling = correct(pre, evaluate, batch_size=bs)
+        post_plain = correct(post, evaluate, batch_size=bs)
+        kw = dict(steps=opts.steps, lr=opts.lr, batch_size=opts.batch_size, seed=config.seed,
+                  eval_every=opts.eval_every, freeze_output=opts.freeze_output)
         tuned, post_curve = relearn(post, fit, eval_items=evaluate, **kw)
-        post_att = correct(tuned, evaluate, batch_size=config.batch_size)
-        fit_acc = float(correct(tuned, fit, batch_size=config.batch_size).mean())
+        post_att = correct(tuned, evaluate, batch_size=bs)
+        fit_acc = float(correct(tuned, fit, batch_size=bs).mean())
         curves = {"post, relearned": [a for _, a in post_curve]}
         if floor is not None:
             f_tuned, floor_curve = relearn(floor, fit, eval_items=evaluate, **kw)
-            floor_values, paired = correct(f_tuned, evaluate, batch_size=config.batch_size), True
-            floor_base, floor_known = correct(floor, evaluate, batch_size=config.batch_size), ceiling
+            floor_values, paired = correct(f_tuned, evaluate, batch_size=bs), True
+            floor_base, floor_known = correct(floor, evaluate, batch_size=bs), ceiling
             curves["floor, same fine-tuning"] = [a for _, a in floor_curve]
             floor_source = "the floor model fine-tuned the same way on the same items"
             del f_tuned
@@ -135,7 +144,7 @@ class Relearning:
             if data == "related":  # the post model after the same fine-tuning, on facts it never knew
                 h_train, h_held = [], list(range(len(holdout)))
             else:
-                h_train, h_held = split_items(holdout, config.seed, float(opt("test_size", 0.5)))
+                h_train, h_held = split_items(holdout, config.seed, opts.test_size)
             if (data == "forget" and len(h_train) < 2) or len(h_held) < 2:
                 return inconclusive(self.name, "no floor model and too few holdout items (never-trained facts) to "
                                                "measure what relearning recovers for facts that were never known")
@@ -144,8 +153,8 @@ class Relearning:
                 h_tuned, h_curve = tuned, []  # its curve would need another fine-tuning run
             else:
                 h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=h_items, **kw)
-            floor_values, paired = correct(h_tuned, h_items, batch_size=config.batch_size), False
-            floor_base = correct(post, h_items, batch_size=config.batch_size)
+            floor_values, paired = correct(h_tuned, h_items, batch_size=bs), False
+            floor_base = correct(post, h_items, batch_size=bs)
             floor_known = np.ones(len(h_items), dtype=bool)  # never-trained facts: any answer got right is relearned
             if h_curve:
                 curves["post on never-trained holdout facts"] = [a for _, a in h_curve]
@@ -154,31 +163,37 @@ class Relearning:
             del h_tuned
         del tuned
         summary = {
-            "data": data, "steps": steps, "lr": lr, "n_train": len(train), "n_held_out": len(held),
+            "data": data, "steps": opts.steps, "lr": opts.lr, "n_train": len(train), "n_held_out": len(held),
             "held_out_acc_pre": float(ceiling.mean()), "held_out_acc_post": float(post_plain.mean()),
             "held_out_acc_relearned": float(post_att.mean()), "held_out_acc_floor_relearned": float(floor_values.mean()),
             "fit_acc_relearned": fit_acc,
             "restoration_rate": restoration_rate(ceiling, post_plain, post_att),
         }
-        notes = [f"{steps} AdamW steps (lr {lr:g}, batches of {bs}) on {len(train)} forget items; evaluated on "
-                 f"{len(held)} items of other facts (split by fact)" if data == "forget" else
-                 f"{steps} AdamW steps (lr {lr:g}, batches of {bs}) on {len(train)} related items (neighbour facts, "
-                 f"none of them a forget fact); evaluated on all {len(held)} forget items"]
-        if fit_acc < 0.5:
-            notes.append(f"the fine-tuning reached only {fit_acc:.0%} on its own items: raise 'steps' or 'lr'")
-        result = calibrated_result(
-            self.name, post=post_att, floor=floor_values, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
-            floor_known=floor_known, paired=paired, floor_source=floor_source,
-            config=config, summary=summary,
+        return calibrated_result(self, RateMeasurement(
+            post=post_att, floor=floor_values, ceiling=ceiling, post_base=post_plain, floor_base=floor_base,
+            floor_known=floor_known, floor_source=floor_source, summary=summary,
             per_item=item_rows(evaluate, pre=ceiling, post=post_plain, relearned=post_att,
                                **({"floor": floor_values} if paired else {})),
-            notes=notes,
-            evidence=(f"{steps} fine-tuning steps on {'other forget facts' if data == 'forget' else 'related facts'} "
-                      f"bring held-out forget accuracy from "
-                      f"{summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
+            notes=_notes(opts, len(train), len(held), fit_acc),
+            evidence=(f"{opts.steps} fine-tuning steps on "
+                      f"{'other forget facts' if data == 'forget' else 'related facts'} bring held-out forget accuracy "
+                      f"from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
                       f"{summary['held_out_acc_pre']:.2f}; floor after the same fine-tuning "
-                      f"{summary['held_out_acc_floor_relearned']:.2f})"))
-        steps_axis = [s for s, _ in post_curve]
-        result.add_figure("Relearning curve", curves_figure(steps_axis, curves, float(np.mean(ceiling)),
-                                                            "fine-tuning step", "held-out accuracy"))
-        return result
+                      f"{summary['held_out_acc_floor_relearned']:.2f})"),
+            extra={"steps": [s for s, _ in post_curve], "curves": curves}), ctx)
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Relearning curve": curves_figure(measured.extra["steps"], measured.extra["curves"],
+                                                  float(np.mean(measured.ceiling)), "fine-tuning step",
+                                                  "held-out accuracy")}
+
+
+def _notes(opts: RelearningConfig, n_train: int, n_held: int, fit_acc: float) -> list[str]:
+    what = (f"{n_train} forget items; evaluated on {n_held} items of other facts (split by fact)"
+            if opts.data == "forget" else
+            f"{n_train} related items (neighbour facts, none of them a forget fact); evaluated on all {n_held} forget "
+            "items")
+    notes = [f"{opts.steps} AdamW steps (lr {opts.lr:g}, batches of {opts.batch_size}) on {what}"]
+    if fit_acc < 0.5:
+        notes.append(f"the fine-tuning reached only {fit_acc:.0%} on its own items: raise 'steps' or 'lr'")
+    return notes

@@ -4,7 +4,7 @@ Representation-Level Analysis of Machine Unlearning")."""
 
 from __future__ import annotations
 
-from typing import ContextManager, Sequence
+from typing import ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from torch import Tensor
 from palimpsest.capture import EncodedBatch, intervene, n_layers, run_and_capture
 from palimpsest.restoration.common import (
     MIN_RELATIVE_SHIFT,
+    RateMeasurement,
     calibrated_result,
     correct,
     item_rows,
@@ -24,9 +25,9 @@ from palimpsest.restoration.common import (
 )
 from palimpsest.restoration.figures import curves_figure
 from palimpsest.restoration.steering import sweep_rows
-from palimpsest.sae import SAEConfig, concept_corpus, concept_features, get_or_train_sae
 from palimpsest.sae.analyser import frequency_matched
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.sae.features import concept_features
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 5.0, 10.0)
 MODES = ("inject", "add")
@@ -82,8 +83,19 @@ def select(grids: dict[str, np.ndarray], train: list[int]) -> tuple[str, int]:
                key=lambda ma: grids[ma[0]][ma[1], train].mean())
 
 
+class SAERestorationConfig(AnalyserConfig):
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS  # restoration strengths swept (0, no edit, is always added)
+    modes: tuple[Literal["inject", "add"], ...] = MODES  # inject: toward the pre model's codes; add: + alpha z_expert
+    batch_rows: int = 128  # (item, alpha) rows per restored forward pass
+    n_random_draws: int = 2  # without a floor model: draws of frequency-matched random features
+    min_explained_variance: float = 0.6  # an SAE explaining less of the variance at the site is not used
+    # the site (None: the middle layer); the SAE there is the audit's one (AuditConfig.sae), shared with sae_features
+    site: str | None = None
+    test_size: float = 0.5  # share of the forget facts held out for scoring
+
+
 @register
-class SAERestoration:
+class SAERestoration(Analyser):
     name = "sae_restoration"
     kind = "residue"
     title = "SAE-feature restoration"
@@ -97,35 +109,39 @@ class SAERestoration:
         "Residue = held-out accuracy of the restored post model, between the floor (the same restoration of the floor "
         "model, or random SAE features of matched firing frequency) and the pre model. High: suppression."
     )
+    Config = SAERestorationConfig
+    modalities = frozenset({"text", "image"})
+    needs = frozenset({"activations", "sae"})
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        opts = dict(config.options.get(self.name, {}))
-        opt = lambda key, default: opts.get(key, default)  # noqa: E731
+    def site(self, ctx) -> str:
+        return ctx.opts.site or f"blocks.{n_layers(ctx.pair.pre.model) // 2}.hook_resid_post"
+
+    def sae_sites(self, ctx) -> tuple[str, ...]:
+        return (self.site(ctx),)
+
+    def measure(self, ctx) -> Result:
+        opts: SAERestorationConfig = ctx.opts
+        pair, concept, acts, config, site = ctx.pair, ctx.concept, ctx.acts, ctx.config, self.site(ctx)
         # alpha 0 (no edit) is always a candidate, for the post and the floor model alike: an attack that only
         # breaks a model must not lower its floor below what the model answers unattacked
-        alphas = (0.0, *(float(a) for a in opt("alphas", DEFAULT_ALPHAS) if float(a) != 0.0))
-        modes = tuple(opt("modes", MODES))
-        rows = int(opt("batch_rows", 128))
-        n_draws = int(opt("n_random_draws", 2))
-        min_ev = float(opt("min_explained_variance", 0.6))
+        alphas = (0.0, *(float(a) for a in opts.alphas if float(a) != 0.0))
+        modes, rows = tuple(opts.modes), opts.batch_rows
         pre, post, floor = pair.pre, pair.post, pair.floor
-        site = opt("site", f"blocks.{n_layers(pre.model) // 2}.hook_resid_post")
         items = list(concept.forget)
-        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        train, held = split_items(items, config.seed, opts.test_size)
         if (few := too_few(self.name, len(train), len(held), config)) is not None:
             return few
         if not concept.retain and not concept.neighbours:
             return inconclusive(self.name, "the concept has no retain or neighbour items: its SAE features cannot be "
                                            "told apart from features that fire on everything")
-        sae_cfg = SAEConfig.from_options(opts)
-        corpus = concept_corpus(concept, opt("corpus", ()))
-        sae, quality = get_or_train_sae(pre, site, corpus, sae_cfg, opt("cache_dir", None))
+        sae, quality = ctx.saes.get(site)
         summary: dict = {"site": site, "alphas": list(alphas), "modes": list(modes),
                          "sae_explained_variance": quality.get("explained_variance")}
-        if quality["explained_variance"] < min_ev:
+        if quality["explained_variance"] < opts.min_explained_variance:
             return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
-                                           f"at {site} (< min_explained_variance={min_ev})", summary=summary)
-        feats = concept_features(sae, pre, site, concept, sae_cfg)
+                                           f"at {site} (< min_explained_variance={opts.min_explained_variance})",
+                                summary=summary)
+        feats = concept_features(sae, pre, site, concept, config.sae)
         summary["expert_features"] = list(feats.indices)
         if not len(feats):
             return inconclusive(self.name, "the SAE has no concept (expert) features for the forget prompts",
@@ -134,53 +150,26 @@ class SAERestoration:
         h_pre = acts.get("pre", site, "forget", "last")
         shift = relative_shift((acts.get("post", site, "forget", "last") - h_pre).mean(0), h_pre)
         summary["relative_shift_at_site"] = shift
-
-        bs = config.batch_size
-        ceiling = correct(pre, items, batch_size=bs)
-        post_plain = correct(post, items, batch_size=bs)
+        ceiling = correct(pre, items, batch_size=config.batch_size)
+        post_plain = correct(post, items, batch_size=config.batch_size)
         grids = alpha_grid(post, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
         mode, a_idx = select(grids, train)
         post_att = grids[mode][a_idx]
-
-        # control: random SAE features of matched firing frequency (on the pre model's forget prompts), same sweep
-        with torch.no_grad():
-            codes = sae.encode(h_pre.to(sae.W_dec.device, sae.W_dec.dtype))
-        freq = (codes > 0).float().mean(0).cpu()
-        random_hits = []
-        for draw in frequency_matched(freq, list(feats.indices), n_draws, config.seed):
-            z_rand = codes[:, draw].mean(0).cpu().clamp(min=0)  # their own mean activation
-            r_grids = alpha_grid(post, items, alphas, sae, site, draw, modes, pre, z_rand, rows)
-            r_mode, r_idx = select(r_grids, train)
-            random_hits.append(r_grids[r_mode][r_idx])
-        random_att = np.mean(random_hits, axis=0)
-
+        random_att = random_restoration(post, items, alphas, sae, site, feats.indices, modes, pre, h_pre, train, rows,
+                                        opts.n_random_draws, config.seed)
         if floor is not None:
             f_grids = alpha_grid(floor, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
             f_mode, f_idx = select(f_grids, train)
             floor_values = f_grids[f_mode][f_idx][held]
             floor_source = "the same restoration of the floor model"
-            floor_base = correct(floor, [items[i] for i in held], batch_size=bs)
+            floor_base = correct(floor, [items[i] for i in held], batch_size=config.batch_size)
         else:
-            floor_values = random_att[held]
-            floor_base = post_plain[held]
-            floor_source = f"random SAE features of matched firing frequency ({n_draws} draws)"
-
-        retain = list(concept.retain)
-        retain_curve = {}
-        if retain:
-            for m in modes:
-                hits = sweep_rows(post, retain, alphas, restoring_context(post, sae, site, feats.indices, m,
-                                                                           source=pre, z_expert=z_expert), batch_size=rows)
-                retain_curve[m] = hits.mean(-1)
-        table = []
-        for a_i, alpha in enumerate(alphas):
-            row = {"alpha": alpha}
-            for m in modes:
-                row[f"held_out_acc_{m}"] = float(grids[m][a_i, held].mean())
-                row[f"restoration_rate_{m}"] = restoration_rate(ceiling[held], post_plain[held], grids[m][a_i, held])
-                if m in retain_curve:
-                    row[f"retain_acc_{m}"] = float(retain_curve[m][a_i])
-            table.append(row)
+            floor_values, floor_base = random_att[held], post_plain[held]
+            floor_source = f"random SAE features of matched firing frequency ({opts.n_random_draws} draws)"
+        retain_curve = {m: sweep_rows(post, list(concept.retain), alphas, restoring_context(
+            post, sae, site, feats.indices, m, source=pre, z_expert=z_expert), batch_size=rows).mean(-1)
+            for m in modes} if concept.retain else {}
+        table = alpha_table(alphas, modes, grids, retain_curve, ceiling[held], post_plain[held], held)
         summary.update({
             "n_train": len(train), "n_held_out": len(held), "mode": mode, "alpha": alphas[a_idx],
             "n_expert_features": len(feats),
@@ -190,28 +179,57 @@ class SAERestoration:
             "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
             "retain_acc_at_alpha": float(retain_curve[mode][a_idx]) if mode in retain_curve else None,
         })
-        notes = [f"{len(feats)} expert features at {site}; mode and alpha chosen on {len(train)} fitting items, "
-                 f"scored on {len(held)} held-out items (split by fact); {n_draws} frequency-matched random draws"]
-        result = calibrated_result(
-            self.name, post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base,
-            floor_source=floor_source, config=config, summary=summary,
+        curves = {f"post, {m}": grids[m][:, held].mean(-1) for m in modes}
+        curves.update({f"post retain, {m}": v for m, v in retain_curve.items()})
+        return calibrated_result(self, RateMeasurement(
+            post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
+            floor_base=floor_base, floor_source=floor_source, summary=summary,
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                restored=post_att[held], random=random_att[held], floor=floor_values),
-            tables={"alpha_sweep": table}, notes=notes,
+            tables={"alpha_sweep": table},
+            notes=[f"{len(feats)} expert features at {site}; mode and alpha chosen on {len(train)} fitting items, "
+                   f"scored on {len(held)} held-out items (split by fact); {opts.n_random_draws} frequency-matched "
+                   "random draws"],
             evidence=(f"restoring {len(feats)} SAE expert features ({mode}, alpha {alphas[a_idx]:g}) brings held-out "
                       f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
                       f"{summary['held_out_acc_restored']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random features "
-                      f"{summary['held_out_acc_random_control']:.2f})"))
-        if shift < MIN_RELATIVE_SHIFT:
-            result = inconclusive(
-                self.name, f"the post model's stream at {site} equals the pre model's (|shift|/|h| = {shift:.1e}): the "
-                           "change is downstream of the SAE site, so restoring features there tests nothing",
-                floor=result.floor, ceiling=result.ceiling, post=result.post, floor_source=floor_source,
-                summary=summary, per_item=result.per_item, tables=result.tables)
-            result.notes.extend(notes)
-        curves = {f"post, {m}": grids[m][:, held].mean(-1) for m in modes}
-        curves.update({f"post retain, {m}": v for m, v in retain_curve.items()})
-        result.add_figure("Restoration vs alpha", curves_figure(list(alphas), curves, float(ceiling[held].mean()),
-                                                                "alpha", "accuracy"))
-        return result
+                      f"{summary['held_out_acc_random_control']:.2f})"),
+            blocked=(f"the post model's stream at {site} equals the pre model's (|shift|/|h| = {shift:.1e}): the "
+                     "change is downstream of the SAE site, so restoring features there tests nothing"
+                     if shift < MIN_RELATIVE_SHIFT else ""),
+            extra={"alphas": alphas, "curves": curves}), ctx)
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Restoration vs alpha": curves_figure(list(measured.extra["alphas"]), measured.extra["curves"],
+                                                      float(measured.ceiling.mean()), "alpha", "accuracy")}
+
+
+def random_restoration(post, items, alphas, sae, site: str, features: Sequence[int], modes, pre,
+                       h_pre: Tensor, train: list[int], rows: int, n_draws: int, seed: int) -> np.ndarray:
+    """The chance control: random SAE features of matched firing frequency (on the pre model's forget prompts),
+    each draw restored toward its own mean activation with the same sweep; per-item hit share over draws."""
+    with torch.no_grad():
+        codes = sae.encode(h_pre.to(sae.W_dec.device, sae.W_dec.dtype))
+    freq = (codes > 0).float().mean(0).cpu()
+    hits = []
+    for draw in frequency_matched(freq, list(features), n_draws, seed):
+        z_rand = codes[:, draw].mean(0).cpu().clamp(min=0)
+        grids = alpha_grid(post, items, alphas, sae, site, draw, modes, pre, z_rand, rows)
+        r_mode, r_idx = select(grids, train)
+        hits.append(grids[r_mode][r_idx])
+    return np.mean(hits, axis=0)
+
+
+def alpha_table(alphas, modes, grids: dict, retain_curve: dict, pre_ok: np.ndarray, post_ok: np.ndarray,
+                held: list[int]) -> list[dict]:
+    """Per alpha: held-out accuracy and restoration rate of each mode, and retain accuracy where measured."""
+    table = []
+    for a_i, alpha in enumerate(alphas):
+        row = {"alpha": alpha}
+        for m in modes:
+            row[f"held_out_acc_{m}"] = float(grids[m][a_i, held].mean())
+            row[f"restoration_rate_{m}"] = restoration_rate(pre_ok, post_ok, grids[m][a_i, held])
+            if m in retain_curve:
+                row[f"retain_acc_{m}"] = float(retain_curve[m][a_i])
+        table.append(row)
+    return table

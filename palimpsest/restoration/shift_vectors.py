@@ -13,6 +13,7 @@ from torch import Tensor
 from palimpsest.capture import resid_post_sites
 from palimpsest.restoration.common import (
     MIN_RELATIVE_SHIFT,
+    RateMeasurement,
     calibrated_result,
     correct,
     item_rows,
@@ -24,7 +25,7 @@ from palimpsest.restoration.common import (
 )
 from palimpsest.restoration.figures import curves_figure, per_layer_figure
 from palimpsest.restoration.steering import sweep
-from palimpsest.types import AuditConfig, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
@@ -71,8 +72,15 @@ def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], str
     return int(layer), int(s_index), grid[layer, s_index], grid
 
 
+class ShiftVectorsConfig(AnalyserConfig):
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS  # steering strengths s swept (0, no edit, is always added)
+    n_random: int = 2  # random-direction draws of equal norm (the chance control)
+    batch_rows: int = 128  # (item, strength) rows per steered forward pass
+    test_size: float = 0.5  # share of the forget facts held out for scoring
+
+
 @register
-class ShiftVectors:
+class ShiftVectors(Analyser):
     name = "shift_vectors"
     kind = "residue"
     title = "Shift vectors (representation shift steering)"
@@ -87,16 +95,18 @@ class ShiftVectors:
         "the pre model's accuracy on the same items. A change made after the last block (in the output layer) "
         "leaves no shift in the residual stream: then this test is inconclusive."
     )
+    Config = ShiftVectorsConfig
+    modalities = frozenset({"text", "image"})
+    needs = frozenset({"activations"})
 
-    def run(self, pair, concept, acts, config: AuditConfig):
-        opt = lambda key, default: config.option(self.name, key, default)  # noqa: E731
+    def measure(self, ctx) -> Result:
+        opts: ShiftVectorsConfig = ctx.opts
+        pair, concept, acts, config = ctx.pair, ctx.concept, ctx.acts, ctx.config
         # strength 0 (no edit) is always a candidate, so an attack that only breaks the floor model cannot push the
         # floor below what that model answers unattacked
-        strengths = (0.0, *(float(s) for s in opt("strengths", DEFAULT_STRENGTHS) if float(s) != 0.0))
-        n_random = int(opt("n_random", 2))
-        rows_per_batch = int(opt("batch_rows", 128))
-        items = list(concept.forget)
-        train, held = split_items(items, config.seed, float(opt("test_size", 0.5)))
+        strengths = (0.0, *(float(s) for s in opts.strengths if float(s) != 0.0))
+        rows_per_batch, items = opts.batch_rows, list(concept.forget)
+        train, held = split_items(items, config.seed, opts.test_size)
         if (few := too_few(self.name, len(train), len(held), config)) is not None:
             return few
         pre, post, floor = pair.pre, pair.post, pair.floor
@@ -115,38 +125,30 @@ class ShiftVectors:
                                            "change is after the last block (e.g. in the output layer), which residual "
                                            "steering cannot test", tables={"per_layer": table},
                                 summary={"relative_shift_max": max(rel)})
-
         ceiling = correct(pre, items, batch_size=config.batch_size)
         post_plain = correct(post, items, batch_size=config.batch_size)
         neg = [-s for s in shifts]
         layer, s_idx, post_att, post_grid = steer_and_select(post, items, sites, neg, strengths, train, rows_per_batch)
-        gen = torch.Generator().manual_seed(config.seed)
-        random_grids = []
-        for _ in range(n_random):
-            rand = [random_like(s, gen) for s in neg]
-            random_grids.append(steer_and_select(post, items, sites, rand, strengths, train, rows_per_batch)[3])
-        random_grid = np.mean(random_grids, axis=0)  # [layers, strengths, items], per-item hit share
+        random_grid = random_steering(post, items, sites, neg, strengths, train, rows_per_batch, opts.n_random,
+                                      config.seed)  # [layers, strengths, items], per-item hit share
         r_layer, r_s = np.unravel_index(int(np.argmax(random_grid[:, :, train].mean(-1))), random_grid.shape[:2])
         random_att = random_grid[r_layer, r_s]
-
         # the other way: add the shift to the pre model at the chosen setting; does one vector reproduce the unlearning?
         reproduced = sweep(pre, items, sites[layer], shifts[layer], [strengths[s_idx] or 1.0],
                            batch_size=rows_per_batch)[0]
         pre_right = ceiling[held]
         reproduction = float((~reproduced[held][pre_right]).mean()) if pre_right.any() else None
-
         floor_grid = None
         if floor is not None:
             floor_shifts = [-mean_shift(acts.get("floor", site, "forget", "last"), h_pre, train)
                             for site, h_pre in zip(sites, pre_acts, strict=True)]
-            f_layer, f_s, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
-                                                                   rows_per_batch)
+            _, _, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
+                                                           rows_per_batch)
             floor_values, floor_source = floor_att[held], "the same steering of the floor model (its own shift vector)"
             floor_base = correct(floor, [items[i] for i in held], batch_size=config.batch_size)
         else:
             floor_values, floor_source = random_att[held], "a random direction of equal norm (best layer and strength)"
             floor_base = post_plain[held]
-
         for l_index, row in enumerate(table):
             row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
             row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
@@ -164,26 +166,41 @@ class ShiftVectors:
         }
         if floor_grid is not None:
             summary["held_out_acc_floor_steered"] = float(floor_values.mean())
-        per_item = item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
-                             steered=post_att[held], random=random_att[held], floor=floor_values)
         curves = {"post - s x shift": post_grid[layer][:, held].mean(-1),
                   "post - random (same norm)": random_grid[layer][:, held].mean(-1)}
         if floor_grid is not None:
             curves["floor - s x its shift"] = floor_grid[layer][:, held].mean(-1)
-        result = calibrated_result(
-            self.name, post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base,
-            floor_source=floor_source, config=config, summary=summary, per_item=per_item,
+        return calibrated_result(self, RateMeasurement(
+            post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
+            floor_base=floor_base, floor_source=floor_source, summary=summary,
+            per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
+                               steered=post_att[held], random=random_att[held], floor=floor_values),
             tables={"per_layer": table},
             notes=[f"shift vectors from {len(train)} forget items, evaluated on {len(held)} held-out items (split by "
                    f"fact); best of {len(sites)} layers x {len(strengths)} strengths chosen on the fitting half; "
-                   f"{n_random} random-direction draws"],
+                   f"{opts.n_random} random-direction draws"],
             evidence=(f"subtracting the layer-{layer} shift vector (x{strengths[s_idx]:g}) brings held-out forget "
                       f"accuracy from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_steered']:.2f} "
                       f"(pre {summary['held_out_acc_pre']:.2f}, random direction "
-                      f"{summary['held_out_acc_random_control']:.2f})"))
-        result.add_figure("Shift size per layer", per_layer_figure(table, [f"relative_shift_{s}" for s in sets],
-                                                                   "|mean shift| / |h|"))
-        result.add_figure(f"Steering at layer {layer}", curves_figure(list(strengths), curves, ceiling[held].mean(),
-                                                                      "strength s", "held-out forget accuracy"))
-        return result
+                      f"{summary['held_out_acc_random_control']:.2f})"),
+            extra={"sets": sets, "layer": layer, "strengths": strengths, "curves": curves}), ctx)
+
+    def figures(self, measured, ctx) -> dict:
+        x = measured.extra
+        return {"Shift size per layer": per_layer_figure(measured.tables["per_layer"],
+                                                         [f"relative_shift_{s}" for s in x["sets"]],
+                                                         "|mean shift| / |h|"),
+                f"Steering at layer {x['layer']}": curves_figure(list(x["strengths"]), x["curves"],
+                                                                 measured.ceiling.mean(), "strength s",
+                                                                 "held-out forget accuracy")}
+
+
+def random_steering(loaded, items, sites: list[str], vectors: list[Tensor], strengths: Sequence[float],
+                    train: list[int], batch_size: int, n_random: int, seed: int) -> np.ndarray:
+    """The [layers, strengths, items] hit share of `n_random` random directions with the norms of `vectors`."""
+    gen = torch.Generator().manual_seed(seed)
+    grids = []
+    for _ in range(n_random):
+        rand = [random_like(v, gen) for v in vectors]
+        grids.append(steer_and_select(loaded, items, sites, rand, strengths, train, batch_size)[3])
+    return np.mean(grids, axis=0)

@@ -6,18 +6,21 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from palimpsest.audit.finalize import Measurement
 from palimpsest.capture import n_layers
-from palimpsest.sae.config import SAEConfig
 from palimpsest.sae.data import concept_corpus
 from palimpsest.sae.features import concept_features, concept_score, encode_prompts
-from palimpsest.sae.train import get_or_train_sae
-from palimpsest.stats import calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 
 def default_site(model) -> str:
     """The middle of the network: blocks.{n_layers // 2}.hook_resid_post."""
     return f"blocks.{n_layers(model) // 2}.hook_resid_post"
+
+
+def sauce_meta(pair) -> dict | None:
+    """The SAUCE clamp's record on the post model (None when the post model is not SAUCE-clamped)."""
+    return pair.post.meta.get("sauce") if isinstance(pair.post.meta, dict) else None
 
 
 def frequency_matched(freq: torch.Tensor, features: list[int], n_draws: int, seed: int, pool: int = 5
@@ -37,8 +40,17 @@ def frequency_matched(freq: torch.Tensor, features: list[int], n_draws: int, see
     return draws
 
 
+class SAEFeaturesConfig(AnalyserConfig):
+    # the site read (None: the SAUCE clamp's site when the post model is SAUCE-clamped, else the middle layer);
+    # the SAE there is the audit's one (AuditConfig.sae), shared with every analyser reading that site
+    site: str | None = None
+    min_explained_variance: float = 0.6  # an SAE explaining less of the variance at the site is not read
+    min_gap: float = 0.05  # the pre model's concept score must beat the floor's by this
+    n_random_draws: int = 20  # without a floor model: draws of frequency-matched random features
+
+
 @register
-class SAEConceptFeatures:
+class SAEConceptFeatures(Analyser):
     name = "sae_features"
     kind = "residue"
     title = "SAE concept features (SAUCE residue)"
@@ -53,54 +65,53 @@ class SAEConceptFeatures:
         "The stream is read as it arrives at the site, before any hook there: a SAUCE-clamped post model (a hook that "
         "edits the site's output) therefore shows high residue, as it should: its knowledge is intact in the weights."
     )
+    Config = SAEFeaturesConfig
+    modalities = frozenset({"text", "image"})
+    needs = frozenset({"activations", "sae"})
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        opts = dict(config.options.get(self.name, {}))
-        opt = lambda key, default: opts.get(key, default)  # noqa: E731
-        sae_cfg = SAEConfig.from_options(opts)
-        sauce = pair.post.meta.get("sauce") if isinstance(pair.post.meta, dict) else None
-        site = opt("site", sauce["site"] if sauce else default_site(pair.pre.model))
-        min_ev = float(opt("min_explained_variance", 0.6))
-        min_gap = float(opt("min_gap", 0.05))
-        n_draws = int(opt("n_random_draws", 20))
-        if len(concept.forget) < config.min_items:
-            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})")
+    def site(self, ctx) -> str:
+        sauce = sauce_meta(ctx.pair)
+        return ctx.opts.site or (sauce["site"] if sauce else default_site(ctx.pair.pre.model))
+
+    def sae_sites(self, ctx) -> tuple[str, ...]:
+        return (self.site(ctx),)
+
+    def measure(self, ctx) -> Measurement | Result:
+        opts: SAEFeaturesConfig = ctx.opts
+        pair, concept, sae_cfg, site = ctx.pair, ctx.concept, ctx.config.sae, self.site(ctx)
         if not concept.retain and not concept.neighbours:
             return inconclusive(self.name, "the concept has no retain or neighbour items: concept features cannot be "
                                            "told apart from features that fire on everything")
-        corpus = concept_corpus(concept, opt("corpus", ()))
-        sae, quality = get_or_train_sae(pair.pre, site, corpus, sae_cfg, opt("cache_dir", None))
-        common_summary = {"site": site, "sae_architecture": sae_cfg.architecture, "d_sae": int(sae.W_dec.shape[0]),
-                          "sae_quality": quality, "n_corpus_texts": len(corpus)}
-        if quality["explained_variance"] < min_ev:
+        sae, quality = ctx.saes.get(site)
+        summary = {"site": site, "sae_architecture": sae_cfg.architecture, "d_sae": int(sae.W_dec.shape[0]),
+                   "sae_quality": quality, "n_corpus_texts": len(concept_corpus(concept, sae_cfg.corpus))}
+        if quality["explained_variance"] < opts.min_explained_variance:
             return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the "
-                                           f"variance at {site} (< min_explained_variance={min_ev}); its features "
-                                           "are not a faithful reading", summary=common_summary)
+                                           f"variance at {site} (< min_explained_variance="
+                                           f"{opts.min_explained_variance}); its features are not a faithful reading",
+                                summary=summary)
         feats = concept_features(sae, pair.pre, site, concept, sae_cfg)
-        common_summary.update({"n_concept_features": len(feats), "concept_features": feats.indices,
-                               "min_selectivity": sae_cfg.min_selectivity})
+        summary.update({"n_concept_features": len(feats), "concept_features": feats.indices,
+                        "min_selectivity": sae_cfg.min_selectivity})
         if not len(feats):
             return inconclusive(self.name, f"no SAE feature fires selectively on the forget prompts (selectivity >= "
                                            f"min_selectivity={sae_cfg.min_selectivity}); the SAE has no concept "
-                                           "features to track", summary=common_summary)
+                                           "features to track", summary=summary)
         baseline_sets = [s for s in ("retain", "neighbours") if concept.items(s)]
         forget_prompts = [it.prompt for it in concept.forget]
         baseline_prompts = [it.prompt for s in baseline_sets for it in concept.items(s)]
-        models = {"pre": pair.pre, "post": pair.post, **({"floor": pair.floor} if pair.floor is not None else {})}
-        encoded = {m: (encode_prompts(sae, lm, site, forget_prompts)[0], encode_prompts(sae, lm, site,
-                                                                                         baseline_prompts)[0])
-                   for m, lm in models.items()}
+        models = pair.models()
+        encoded = {m: (encode_prompts(sae, lm, site, forget_prompts)[0],
+                       encode_prompts(sae, lm, site, baseline_prompts)[0]) for m, lm in models.items()}
         scores = {m: concept_score(f, b, feats.indices) for m, (f, b) in encoded.items()}
         if pair.floor is not None:
             floor_scores, floor_source = scores["floor"], "floor model (never learned the concept)"
         else:
-            both = torch.cat(encoded["pre"])
-            freq = (both > 0).float().mean(0)
-            draws = frequency_matched(freq, feats.indices, n_draws, config.seed)
+            freq = (torch.cat(encoded["pre"]) > 0).float().mean(0)
+            draws = frequency_matched(freq, feats.indices, opts.n_random_draws, ctx.config.seed)
             floor_scores = np.mean([concept_score(*encoded["pre"], d) for d in draws], axis=0)
-            floor_source = f"random SAE features of equal firing frequency ({n_draws} draws) on the pre model"
-        cal = calibrate(scores["post"], floor_scores, scores["pre"], paired=True, n_bootstrap=config.n_bootstrap,
-                        ci_level=config.ci_level, seed=config.seed)
+            floor_source = (f"random SAE features of equal firing frequency ({opts.n_random_draws} draws) on the pre "
+                            "model")
         idx = feats.indices
         mean_act = {m: encoded[m][0][:, idx].mean(0) for m in models}
         survival = float(mean_act["post"].sum() / mean_act["pre"].sum().clamp(min=1e-9))
@@ -110,32 +121,34 @@ class SAEConceptFeatures:
         per_item = [{"prompt": it.prompt, "answer": it.answer, "subject": it.subject,
                      **{f"score_{m}": float(scores[m][k]) for m in models}, "score_floor_used": float(floor_scores[k])}
                     for k, it in enumerate(concept.forget)]
-        summary = {**common_summary, "activation_survival": survival,
-                   **{f"score_{m}": float(np.mean(scores[m])) for m in models},
-                   "baseline_sets": baseline_sets}
-        notes = [f"concept features read at {site}, on every prompt token (max over tokens per prompt)",
-                 f"activation_survival = the concept features' summed mean activation on forget prompts, post / pre "
-                 f"= {survival:.2f}"]
-        if sauce:
-            sites = sauce.get("sites", [sauce["site"]])
-            notes.append(f"the post model is SAUCE-clamped at {', '.join(sites)}: this analysis reads the stream "
-                         f"arriving at {site} (the input of the clamping hook), which the clamp never changes; the "
-                         "clamp acts only on what flows on from the site, so the knowledge is suppressed by "
-                         "construction (probes at other sites and restoration show it)")
-        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, per_item=per_item, tables={"concept_features": per_feature,
-                                                                   "feature_selection": feats.table()})
-        if cal.residue is None or cal.ceiling - cal.floor < min_gap:
-            result = inconclusive(self.name, f"the concept features fire no more on the pre model than the floor "
-                                             f"(gap {cal.ceiling - cal.floor:.3f} < min_gap={min_gap})", **common)
-            result.notes.extend(notes)
-        else:
-            result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci, notes=notes,
-                            evidence=(f"{len(idx)} SAE concept features at {site} fire on the forget prompts at "
-                                      f"{cal.post:.2f} above baseline in the post model (pre {cal.ceiling:.2f}, "
-                                      f"floor {cal.floor:.2f})"), **common)
-        result.add_figure("Concept-feature activation on forget prompts", _feature_figure(per_feature, list(models)))
-        return result
+        summary.update({"activation_survival": survival, **{f"score_{m}": float(np.mean(scores[m])) for m in models},
+                        "baseline_sets": baseline_sets})
+        return Measurement(
+            post=scores["post"], floor=floor_scores, ceiling=scores["pre"], floor_source=floor_source,
+            min_gap=opts.min_gap, summary=summary, per_item=per_item, notes=_notes(site, survival, sauce_meta(pair)),
+            tables={"concept_features": per_feature, "feature_selection": feats.table()},
+            degenerate=("the concept features fire no more on the pre model than the floor (gap {gap:.3f} < "
+                        f"min_gap={opts.min_gap})"),
+            evidence=(f"{len(idx)} SAE concept features at {site} fire on the forget prompts at {{post:.2f}} above "
+                      "baseline in the post model (pre {ceiling:.2f}, floor {floor:.2f})"),
+            extra={"models": list(models)})
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Concept-feature activation on forget prompts":
+                _feature_figure(measured.tables["concept_features"], measured.extra["models"])}
+
+
+def _notes(site: str, survival: float, sauce: dict | None) -> list[str]:
+    notes = [f"concept features read at {site}, on every prompt token (max over tokens per prompt)",
+             f"activation_survival = the concept features' summed mean activation on forget prompts, post / pre "
+             f"= {survival:.2f}"]
+    if sauce:
+        sites = sauce.get("sites", [sauce["site"]])
+        notes.append(f"the post model is SAUCE-clamped at {', '.join(sites)}: this analysis reads the stream "
+                     f"arriving at {site} (the input of the clamping hook), which the clamp never changes; the "
+                     "clamp acts only on what flows on from the site, so the knowledge is suppressed by "
+                     "construction (probes at other sites and restoration show it)")
+    return notes
 
 
 def _feature_figure(rows: list[dict], models: list[str]):

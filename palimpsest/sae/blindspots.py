@@ -14,18 +14,23 @@ import importlib.util
 import sys
 import types
 import weakref
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from plotly.subplots import make_subplots
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from palimpsest.sae.data import concept_corpus, site_inputs
+from palimpsest.audit.finalize import Measurement
+from palimpsest.sae.data import site_inputs
 from palimpsest.sae.features import selectivity_scores
-from palimpsest.stats import calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
+
+# an SAE site key with this prefix asks the runner for an RA-SAE (archetypal, overcomplete) at the site after it,
+# trained on the pre model's activations over the audit's corpus (see `build_archetypal`)
+ARCHETYPAL = "archetypal:"
 
 
 def overcomplete_sae():
@@ -143,8 +148,48 @@ def _reference_model_memo(module: torch.nn.Module) -> _Memo:
     return _REFERENCE_MEMOS[module]
 
 
-def _fit_reference(pre, site: str, reference: Sequence[str], ra_options: dict):
-    """The RA-SAE trained on the pre model's reference activations, with the reference codes and reconstruction."""
+class RASAEConfig(BaseModel):
+    """The RA-SAE's training knobs (specific to the archetypal SAE; the sae-lens SAEs read AuditConfig.sae)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nb_concepts: int | None = None  # RA-SAE dictionary size (None: 4 x d_model)
+    top_k: int = 8  # active concepts per token
+    n_points: int = 1024  # reference activations the archetypal atoms are convex combinations of
+    epochs: int = 30  # training epochs over the reference activations
+
+    @classmethod
+    def from_options(cls, options: BaseModel | None) -> "RASAEConfig":
+        """The RA-SAE fields of an analyser's options (defaults for those it lacks)."""
+        data = options.model_dump() if options is not None else {}
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+
+class ArchetypalFit(NamedTuple):
+    """What the runner builds for an "archetypal:<site>" key: the RA-SAE, its quality, and its reading of the
+    reference texts (per text: token ids and activations at the site; codes)."""
+
+    sae: object
+    quality: dict
+    rows: list
+    codes: list
+
+
+def archetypal_key(site: str) -> str:
+    return ARCHETYPAL + site
+
+
+def build_archetypal(pre, site: str, reference: Sequence[str], config: RASAEConfig, seed: int) -> ArchetypalFit:
+    """The RA-SAE trained on the pre model's activations at `site` over `reference`, with its reference codes
+    (memoised per pre model: a demo audits one pre model against many post-models, and this is the same each time;
+    models are never edited in place)."""
+    options = {**config.model_dump(), "seed": seed}
+    return _reference_model_memo(pre.model).get_or(
+        ("ra_sae", site, tuple(reference), tuple(sorted(options.items()))),
+        lambda: _fit_reference(pre, site, list(reference), options))
+
+
+def _fit_reference(pre, site: str, reference: Sequence[str], ra_options: dict) -> ArchetypalFit:
     ref_rows = site_inputs(pre.model, pre.tokenizer, reference, site)
     ref_acts = torch.cat([a for _, a in ref_rows])
     options = dict(ra_options)
@@ -153,11 +198,32 @@ def _fit_reference(pre, site: str, reference: Sequence[str], ra_options: dict):
     with torch.no_grad():
         ref_codes = [ra(a)[1].float() if a.shape[0] else torch.zeros(0, ra.nb_concepts) for _, a in ref_rows]
         recon = ra(ref_acts)[2]
-    return ref_rows, ref_acts, ra, ref_codes, recon
+    r2 = float(1 - (ref_acts - recon).pow(2).sum() / (ref_acts - ref_acts.mean(0)).pow(2).sum())
+    return ArchetypalFit(ra, {"r2": r2, "nb_concepts": int(ra.nb_concepts), "n_texts": len(reference)},
+                         ref_rows, ref_codes)
+
+
+class BlindspotsConfig(AnalyserConfig):
+    site: str | None = None  # the site the RA-SAE reads (None: the middle layer)
+    n_samples: int = 256  # generations sampled from each model
+    max_new_tokens: int = 24  # tokens per generation
+    n_forget_concepts: int = 4  # keep at most this many RA-SAE concepts as the forget concept
+    min_selectivity: float = 1.0  # an RA-SAE concept is a forget concept only above this selectivity
+    # the pre model's own samples (naming no forget keyword) added to the contrast texts (None: n_samples)
+    n_background: int | None = None
+    min_log2_change: float = 1.0  # |log2(post / pre generation energy)| from which a concept is lost or exaggerated
+    min_energy_share: float = 0.002  # concepts with less of the total energy are left out of the table
+    blindspot_rel_energy: float = 0.1  # relative energy E_gen / (E_gen + E_data) below this: a blindspot
+    exaggerated_rel_energy: float = 0.9  # ... above this: exaggerated
+    # -- the RA-SAE (RASAEConfig; built by the runner, trained on the audit's corpus: AuditConfig.sae.corpus)
+    nb_concepts: int | None = None  # RA-SAE dictionary size (None: 4 x d_model)
+    top_k: int = 8  # RA-SAE active concepts per token
+    n_points: int = 1024  # reference activations the archetypal atoms are convex combinations of
+    epochs: int = 30  # RA-SAE training epochs
 
 
 @register
-class Blindspots:
+class Blindspots(Analyser):
     name = "blindspots"
     kind = "info"
     title = "Conceptual blindspots (RA-SAE)"
@@ -174,127 +240,134 @@ class Blindspots:
         "concept's prevalence in post generations, calibrated between the floor (the floor model's generations, "
         "else zero) and pre, and does not enter the verdict."
     )
+    Config = BlindspotsConfig
+    needs = frozenset({"sae"})
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+    def site(self, ctx) -> str:
         from palimpsest.sae.analyser import default_site
 
-        opts = dict(config.options.get(self.name, {}))
-        opt = lambda key, default: opts.get(key, default)  # noqa: E731
-        site = opt("site", default_site(pair.pre.model))
-        n_samples, max_new = int(opt("n_samples", 256)), int(opt("max_new_tokens", 24))
-        n_forget_concepts, min_sel = int(opt("n_forget_concepts", 4)), float(opt("min_selectivity", 1.0))
-        min_change, min_share = float(opt("min_log2_change", 1.0)), float(opt("min_energy_share", 0.002))
-        low, high = float(opt("blindspot_rel_energy", 0.1)), float(opt("exaggerated_rel_energy", 0.9))
-        if len(concept.forget) < config.min_items:
-            return inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items={config.min_items})",
-                                kind=self.kind)
+        return ctx.opts.site or default_site(ctx.pair.pre.model)
+
+    def sae_sites(self, ctx) -> tuple[str, ...]:
+        return (archetypal_key(self.site(ctx)),)
+
+    def measure(self, ctx) -> Measurement | Result:
+        opts: BlindspotsConfig = ctx.opts
+        pair, concept, seed, site = ctx.pair, ctx.concept, ctx.config.seed, self.site(ctx)
         other_sets = [s for s in ("neighbours", "retain") if concept.items(s)]
         if not other_sets:
             return inconclusive(self.name, "no retain or neighbour items to tell the forget concept apart",
                                 kind=self.kind)
-        reference = concept_corpus(concept, opt("corpus", ()))
-        ra_options = dict(nb_concepts=opt("nb_concepts", None), top_k=int(opt("top_k", 8)),
-                          n_points=int(opt("n_points", 1024)), epochs=int(opt("epochs", 30)), seed=config.seed)
-        ref_rows, ref_acts, ra, ref_codes, recon = _reference_model_memo(pair.pre.model).get_or(
-            ("ra_sae", site, tuple(reference), tuple(sorted(ra_options.items()))),
-            lambda: _fit_reference(pair.pre, site, reference, ra_options))
-        r2 = float(1 - (ref_acts - recon).pow(2).sum() / (ref_acts - ref_acts.mean(0)).pow(2).sum())
-        # the forget concept: RA-SAE concepts selective for the forget texts against the neighbour and retain texts
-        # and the pre model's own samples that name no keyword: those cover everything else the model talks about
-        # (other people too), so a concept that fires on the forget names *and* on other names is not selected
-        texts = {s: [f"{it.prompt} {it.answer.strip()}" for it in concept.items(s)] for s in ("forget", *other_sets)}
-        n_background = int(opt("n_background", n_samples))
-        if n_background:
-            background = _reference_model_memo(pair.pre.model).get_or(
-                ("background", n_background, max_new, config.seed),
-                lambda: generate_texts(pair.pre, n_background, max_new_tokens=max_new, seed=config.seed + 10_000))
-            keywords = [k.lower() for k in concept.keywords]
-            texts["background"] = [t for t in background if not any(k in t.lower() for k in keywords)]
-        per_text = {s: torch.stack([c.max(0).values for c in text_codes(ra, pair.pre, site, t)])
-                    for s, t in texts.items() if t}
-        others = [s for s in per_text if s != "forget"]
-        sel = selectivity_scores(per_text["forget"], torch.cat([per_text[s] for s in others]), 0.1)
-        ranked = [int(i) for i in torch.argsort(sel, descending=True) if sel[i] >= min_sel]
-        forget_idx = ranked[:n_forget_concepts]
+        ra, quality, ref_rows, ref_codes = ctx.saes.get(archetypal_key(site))
+        forget_idx, others = _forget_concepts(ra, pair.pre, site, concept, other_sets, opts, seed)
         if not forget_idx:
             return inconclusive(self.name, f"no RA-SAE concept is selective for the forget texts (selectivity >= "
-                                           f"{min_sel})", kind=self.kind, summary={"site": site, "ra_sae_r2": r2})
-        models = {"pre": pair.pre, "post": pair.post, **({"floor": pair.floor} if pair.floor is not None else {})}
-        gen_energy = {}
-        for offset, (m, lm) in enumerate(models.items()):
-            def read(lm=lm, offset=offset):
-                samples = generate_texts(lm, n_samples, max_new_tokens=max_new, seed=config.seed + offset)
-                return energies(text_codes(ra, pair.pre, site, samples))
-            if m == "post":  # the model under audit is never memoised
-                gen_energy[m] = read()
-            else:
-                gen_energy[m] = _reference_model_memo(lm.model).get_or(
-                    ("generations", id(ra), site, n_samples, max_new, config.seed + offset), read)
+                                           f"{opts.min_selectivity})", kind=self.kind,
+                                summary={"site": site, "ra_sae_r2": quality["r2"]})
+        gen_energy = _generation_energies(ra, pair, site, opts.n_samples, opts.max_new_tokens, seed)
         data_energy = energies(ref_codes)
-        e_data = data_energy.mean(0)
-        e_gen = {m: v.mean(0) for m, v in gen_energy.items()}
         forget_e = {m: v[:, forget_idx].sum(1) for m, v in gen_energy.items()}
         if pair.floor is not None:
             floor_vals, floor_source = forget_e["floor"], "floor model's generations"
         else:
             floor_vals, floor_source = [0.0], "zero prevalence"
-        cal = calibrate(forget_e["post"], floor_vals, forget_e["pre"], n_bootstrap=config.n_bootstrap,
-                        ci_level=config.ci_level, seed=config.seed)
         e_pre, e_post = float(forget_e["pre"].mean()), float(forget_e["post"].mean())
         drop = 1 - e_post / e_pre if e_pre > 0 else None
-        # per concept table: change from pre to post generations, relative energy against data
-        total = e_data.sum() + e_gen["pre"].sum()
-        eps = 1e-6 * max(total, 1e-9)
-        rows = []
-        flat_ids = torch.tensor([t for ids, _ in ref_rows for t in ids], dtype=torch.long)
-        flat_codes = torch.cat(ref_codes) if ref_codes else torch.zeros(0, ra.nb_concepts)
-        for c in range(ra.nb_concepts):
-            if (e_data[c] + e_gen["pre"][c] + e_gen["post"][c]) / max(total, 1e-9) < min_share:
-                continue
-            change = float(np.log2((e_gen["post"][c] + eps) / (e_gen["pre"][c] + eps)))
-            rel = {m: float(e_gen[m][c] / (e_gen[m][c] + e_data[c] + eps)) for m in ("pre", "post")}
-            is_forget = c in forget_idx
-            if change <= -min_change:
-                status = "intended blindspot" if is_forget else "collateral blindspot"
-            elif change >= min_change:
-                status = "exaggerated"
-            else:
-                status = "stable"
-            rows.append({"concept": c, "forget_concept": is_forget, "status": status, "log2_change": change,
-                         "energy_data": float(e_data[c]), "energy_pre_gen": float(e_gen["pre"][c]),
-                         "energy_post_gen": float(e_gen["post"][c]), "rel_energy_pre": rel["pre"],
-                         "rel_energy_post": rel["post"], "blindspot_post": rel["post"] < low,
-                         "exaggerated_post": rel["post"] > high,
-                         "top_tokens": _top_tokens(pair.pre.tokenizer, flat_ids, flat_codes, c)})
-        rows.sort(key=lambda r: -abs(r["log2_change"]))
+        rows = _concept_table(ra, pair.pre.tokenizer, ref_rows, ref_codes, data_energy, gen_energy, forget_idx, opts)
         collateral = [r for r in rows if r["status"] == "collateral blindspot"]
         exaggerated = [r for r in rows if r["status"] == "exaggerated"]
-        summary = {"site": site, "ra_sae_r2": r2, "nb_concepts": ra.nb_concepts, "forget_concepts": forget_idx,
-                   "forget_energy_pre_gen": e_pre, "forget_energy_post_gen": e_post,
+        summary = {"site": site, "ra_sae_r2": quality["r2"], "nb_concepts": ra.nb_concepts,
+                   "forget_concepts": forget_idx, "forget_energy_pre_gen": e_pre, "forget_energy_post_gen": e_post,
                    "forget_energy_data": float(data_energy[:, forget_idx].sum(1).mean()),
                    "forget_prevalence_drop": drop, "n_collateral_blindspots": len(collateral),
-                   "n_exaggerated": len(exaggerated), "n_samples": n_samples, "n_reference_texts": len(reference)}
+                   "n_exaggerated": len(exaggerated), "n_samples": opts.n_samples, "n_reference_texts": len(ref_rows)}
         if pair.floor is not None:
             summary["forget_energy_floor_gen"] = float(forget_e["floor"].mean())
-        notes = [f"forget concept = RA-SAE concepts {forget_idx} (selectivity >= {min_sel} for the forget texts against "
-                 f"{', '.join(others)} texts)",
-                 f"generations: {n_samples} samples of {max_new} tokens from the start token; all read by the pre "
-                 f"model at {site}"]
+        notes = [f"forget concept = RA-SAE concepts {forget_idx} (selectivity >= {opts.min_selectivity} for the forget "
+                 f"texts against {', '.join(others)} texts)",
+                 f"generations: {opts.n_samples} samples of {opts.max_new_tokens} tokens from the start token; all "
+                 f"read by the pre model at {site}"]
         if drop is not None:
             notes.append(f"the forget concept's prevalence in generations fell by {drop:.0%} from pre to post")
-        common = dict(floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source=floor_source,
-                      summary=summary, tables={"concepts": rows})
-        if cal.residue is None:
-            result = inconclusive(self.name, "the pre model's generations carry the forget concept no more than the "
-                                             "floor: no blindspot can be measured", kind=self.kind, **common)
-            result.notes.extend(notes)
+        return Measurement(
+            post=forget_e["post"], floor=floor_vals, ceiling=forget_e["pre"], floor_source=floor_source, paired=False,
+            summary=summary, tables={"concepts": rows}, notes=notes,
+            degenerate=("the pre model's generations carry the forget concept no more than the floor: no blindspot "
+                        "can be measured"),
+            evidence=(f"forget-concept energy in generations: pre {e_pre:.2f} -> post {e_post:.2f}; "
+                      f"{len(collateral)} collateral blindspot(s), {len(exaggerated)} exaggerated"))
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Concept energy: reference data vs generations": _scatter(measured.tables["concepts"])}
+
+
+def _forget_concepts(ra, pre, site: str, concept, other_sets: list[str], opts: BlindspotsConfig,
+                     seed: int) -> tuple[list[int], list[str]]:
+    """The forget concept: RA-SAE concepts selective for the forget texts against the neighbour and retain texts
+    and the pre model's own samples that name no keyword: those cover everything else the model talks about
+    (other people too), so a concept that fires on the forget names *and* on other names is not selected.
+    Returns the concepts and the contrast sets used."""
+    texts = {s: [f"{it.prompt} {it.answer.strip()}" for it in concept.items(s)] for s in ("forget", *other_sets)}
+    n_background = opts.n_samples if opts.n_background is None else opts.n_background
+    if n_background:
+        background = _reference_model_memo(pre.model).get_or(
+            ("background", n_background, opts.max_new_tokens, seed),
+            lambda: generate_texts(pre, n_background, max_new_tokens=opts.max_new_tokens, seed=seed + 10_000))
+        keywords = [k.lower() for k in concept.keywords]
+        texts["background"] = [t for t in background if not any(k in t.lower() for k in keywords)]
+    per_text = {s: torch.stack([c.max(0).values for c in text_codes(ra, pre, site, t)]) for s, t in texts.items() if t}
+    others = [s for s in per_text if s != "forget"]
+    sel = selectivity_scores(per_text["forget"], torch.cat([per_text[s] for s in others]), 0.1)
+    ranked = [int(i) for i in torch.argsort(sel, descending=True) if sel[i] >= opts.min_selectivity]
+    return ranked[:opts.n_forget_concepts], others
+
+
+def _generation_energies(ra, pair, site: str, n_samples: int, max_new: int, seed: int) -> dict[str, np.ndarray]:
+    """Per model: each concept's energy in each of its generations, read by the pre model at `site` (the reference
+    models' generations are memoised; the model under audit's never are)."""
+    gen_energy = {}
+    for offset, (m, lm) in enumerate(pair.models().items()):
+        def read(lm=lm, offset=offset):
+            samples = generate_texts(lm, n_samples, max_new_tokens=max_new, seed=seed + offset)
+            return energies(text_codes(ra, pair.pre, site, samples))
+        if m == "post":
+            gen_energy[m] = read()
         else:
-            result = Result(name=self.name, kind=self.kind, status="ok", residue=cal.residue, ci=cal.ci,
-                            evidence=(f"forget-concept energy in generations: pre {e_pre:.2f} -> post {e_post:.2f}; "
-                                      f"{len(collateral)} collateral blindspot(s), {len(exaggerated)} exaggerated"),
-                            notes=notes, **common)
-        result.add_figure("Concept energy: reference data vs generations", _scatter(rows))
-        return result
+            gen_energy[m] = _reference_model_memo(lm.model).get_or(
+                ("generations", id(ra), site, n_samples, max_new, seed + offset), read)
+    return gen_energy
+
+
+def _concept_table(ra, tokenizer, ref_rows, ref_codes, data_energy, gen_energy, forget_idx: list[int],
+                   opts: BlindspotsConfig) -> list[dict]:
+    """Per concept: change from pre to post generations, relative energy against the reference data."""
+    e_data = data_energy.mean(0)
+    e_gen = {m: v.mean(0) for m, v in gen_energy.items()}
+    total = e_data.sum() + e_gen["pre"].sum()
+    eps = 1e-6 * max(total, 1e-9)
+    flat_ids = torch.tensor([t for ids, _ in ref_rows for t in ids], dtype=torch.long)
+    flat_codes = torch.cat(ref_codes) if ref_codes else torch.zeros(0, ra.nb_concepts)
+    rows = []
+    for c in range(ra.nb_concepts):
+        if (e_data[c] + e_gen["pre"][c] + e_gen["post"][c]) / max(total, 1e-9) < opts.min_energy_share:
+            continue
+        change = float(np.log2((e_gen["post"][c] + eps) / (e_gen["pre"][c] + eps)))
+        rel = {m: float(e_gen[m][c] / (e_gen[m][c] + e_data[c] + eps)) for m in ("pre", "post")}
+        is_forget = c in forget_idx
+        if change <= -opts.min_log2_change:
+            status = "intended blindspot" if is_forget else "collateral blindspot"
+        elif change >= opts.min_log2_change:
+            status = "exaggerated"
+        else:
+            status = "stable"
+        rows.append({"concept": c, "forget_concept": is_forget, "status": status, "log2_change": change,
+                     "energy_data": float(e_data[c]), "energy_pre_gen": float(e_gen["pre"][c]),
+                     "energy_post_gen": float(e_gen["post"][c]), "rel_energy_pre": rel["pre"],
+                     "rel_energy_post": rel["post"], "blindspot_post": rel["post"] < opts.blindspot_rel_energy,
+                     "exaggerated_post": rel["post"] > opts.exaggerated_rel_energy,
+                     "top_tokens": _top_tokens(tokenizer, flat_ids, flat_codes, c)})
+    rows.sort(key=lambda r: -abs(r["log2_change"]))
+    return rows
 
 
 def _scatter(rows: list[dict]):

@@ -9,25 +9,11 @@ import typer
 
 
 def load_audit_config(path: Path | None, **overrides):
-    """An AuditConfig from a YAML/JSON file (same schema as the Python object), with `overrides` on top."""
-    from palimpsest.cli import BadInput
-    from palimpsest.types import AuditConfig
+    """An AuditConfig from a YAML/JSON file (same schema as the Python object), with `overrides` (not None) on top;
+    a bad file raises palimpsest.config.files.ConfigError (one line; the CLI exits 2)."""
+    from palimpsest.cli import audit_config
 
-    data = {}
-    if path is not None:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise BadInput(f"--config {path}: cannot read it ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise BadInput(f"--config {path}: expected a mapping of AuditConfig fields")
-    try:
-        return AuditConfig.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
-    except Exception as error:  # pydantic's first line names the field
-        raise BadInput(f"--config {path}: {str(error).splitlines()[0]}; valid fields: "
-                       f"{', '.join(AuditConfig.model_fields)}") from None
+    return audit_config(path, **overrides)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +25,10 @@ def register(app: typer.Typer) -> None:
                  out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/validate"),
                  forget_sets: Annotated[int, typer.Option(help="forget sets drawn per world")] = 2,
                  controls: Annotated[Optional[str], typer.Option(help="comma-separated post-model kinds")] = None,
-                 config: Annotated[Optional[Path], typer.Option(help="AuditConfig as YAML/JSON")] = None,
+                 config: Annotated[Optional[Path], typer.Option(
+                     help="AuditConfig as YAML/JSON (palimpsest config show); flags override it")] = None,
                  workers: Annotated[Optional[int], typer.Option(help="audit processes (default: one per core)")] = None,
-                 seed: int = 0):
+                 seed: Annotated[Optional[int], typer.Option(help="[default: 0, or the --config file's]")] = None):
         """Audit post-models whose truth is known (worlds x forget sets x controls), score the verdict, fit its
         thresholds on half the worlds and test them on the rest: DIR/index.html and DIR/validation.json."""
         from palimpsest.validate.cases import CONTROLS

@@ -1,36 +1,92 @@
-"""Audit a vision (pre, post[, floor]) pair with the vision analysers; same AuditResult and verdict as the LM audit."""
+"""Audit a vision (pre, post[, floor]) pair with the shared analysers (modality "image"); same AuditResult and
+verdict as the language-model audit."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+from palimpsest.audit.context import AuditContext
 from palimpsest.audit.runner import AuditResult, run_and_decide, selected_analysers
+from palimpsest.config.sae import SAEConfig
 from palimpsest.types import AuditConfig
+from palimpsest.vision.capture import ImageActivations
 from palimpsest.vision.concept import digits_concept
-from palimpsest.vision.context import VisionActs
 from palimpsest.vision.data import Digits
+from palimpsest.vision.measures import RESIDUE_MEASURES, VISION_DEFAULTS
 from palimpsest.vision.organism import VisionPair
-from palimpsest.vision.registry import load_vision_analysers
 
 ProgressFn = Callable[[str, int, int], None]
 
+# the vision SAEs: small (the widest site is 1024 wide), trained for epochs over the 1257 training images
+VISION_SAE = {"expansion": 2, "k": 8, "epochs": 15, "n_experts": 8}
+
+
+def _vision_options() -> dict:
+    """VISION_DEFAULTS for the fields the analysers' Configs have, where they differ from the Config's default."""
+    from palimpsest.audit.registry import load_analysers
+
+    try:
+        analysers = load_analysers()
+    except Exception:  # noqa: BLE001 — a registry mid-conversion: the measures fall back to VISION_DEFAULTS
+        return {}
+    out: dict = {}
+    for name, values in VISION_DEFAULTS.items():
+        if name not in analysers:
+            continue
+        config_cls = analysers[name].Config
+        fields = {k: v for k, v in values.items()
+                  if k in config_cls.model_fields and config_cls.model_fields[k].default != v}
+        if fields:
+            out[name] = fields
+    return out
+
+
+def image_residue_analysers() -> list[str]:
+    """The residue analysers that run on images (the vision measures, until the analysers declare the modality)."""
+    from palimpsest.audit.registry import load_analysers
+
+    try:
+        declared = [name for name, a in load_analysers("image").items() if a.kind == "residue"]
+    except Exception:  # noqa: BLE001 — a registry mid-conversion
+        declared = []
+    return declared or list(RESIDUE_MEASURES)
+
 
 def vision_config(**overrides) -> AuditConfig:
-    """The vision audit's config. `palimpsest validate` fitted the verdict on the language-model organism, whose audit
-    has 13-14 residue analyses; the vision stack has fewer and no population of its own yet, so `deleted` here needs
-    every vision residue analysis to conclude (metrics.json then says the thresholds are not the validated ones)."""
-    residue = [name for name, a in load_vision_analysers().items() if a.kind == "residue"]
-    defaults = {"backend": "nnsight", "n_bootstrap": 500, "min_residue_analyses": len(residue)}
+    """The vision audit's config: nnsight, 500 bootstrap draws, small SAEs, the vision option values.
+
+    `palimpsest validate` fitted the verdict on the language-model organism, whose audit has 13-14 residue analyses;
+    the image audit has fewer and no population of its own yet, so `deleted` here needs every image residue analysis
+    to conclude (metrics.json then says the thresholds are not the validated ones)."""
+    seed = overrides.get("seed", 0)
+    options = _vision_options()
+    for name, values in dict(overrides.pop("options", {}) or {}).items():
+        if hasattr(values, "model_dump"):
+            values = values.model_dump(exclude_unset=True)
+        options[name] = {**options.get(name, {}), **dict(values)}
+    defaults = {"backend": "nnsight", "n_bootstrap": 500, "min_residue_analyses": len(image_residue_analysers()),
+                "sae": SAEConfig(**VISION_SAE, seed=seed)}
+    if options:  # (an empty mapping would still make AuditConfig load the registry to check it)
+        defaults["options"] = options
     return AuditConfig(**{**defaults, **overrides})
+
+
+def vision_context(pair: VisionPair, data: Digits, config: AuditConfig | None = None, *,
+                   shared: dict | None = None) -> AuditContext:
+    """The AuditContext of an image audit: the digits concept (forget items = the forget class's test images),
+    ImageActivations over the pair, and `shared` (pre-model work several audits of one organism reuse)."""
+    config = config or vision_config()
+    if config.backend not in ("nnsight", "torch"):
+        raise ValueError(f"backend {config.backend!r} does not apply to vision models: use 'nnsight' or 'torch'")
+    shared = shared if shared is not None else {}
+    concept = digits_concept(data, pair.forget_class)
+    acts = ImageActivations(pair, data, concept, backend=config.backend, shared=shared)
+    return AuditContext(pair=pair, concept=concept, acts=acts, config=config, modality="image", shared=shared)
 
 
 def audit_vision(pair: VisionPair, data: Digits, config: AuditConfig | None = None, *, shared: dict | None = None,
                  progress: ProgressFn | None = None) -> AuditResult:
-    """Run every vision analyser on `pair` and decide the verdict with palimpsest.audit.verdict.decide."""
+    """Run every analyser of the image modality on `pair` and decide the verdict (palimpsest.audit.verdict.decide)."""
     config = config or vision_config()
-    if config.backend not in ("nnsight", "torch"):
-        raise ValueError(f"backend {config.backend!r} does not apply to vision models: use 'nnsight' or 'torch'")
-    analysers = selected_analysers(config, load_vision_analysers(), label="vision analysers")
-    concept = digits_concept(data, pair.forget_class)
-    acts = VisionActs(pair, data, backend=config.backend, shared=shared if shared is not None else {})
-    return run_and_decide(analysers, pair, concept, acts, config, progress=progress)
+    ctx = vision_context(pair, data, config, shared=shared)
+    return run_and_decide(selected_analysers(config, "image"), ctx, progress=progress)

@@ -100,3 +100,31 @@ class FeatureClamp(nn.Module):
     def forward(self, acts: Tensor) -> Tensor:
         codes = self.layer_sae.encode(acts)[:, self.features]
         return self.layer_sae.move_features(acts, self.features, -(1.0 + self.scale) * codes)
+
+
+def build_pre_saes(ctx, sites) -> dict[str, object]:
+    """{site: (LayerSAE, expert features, selectivity scores)} for an image audit (the runner's `build_saes` calls
+    this): a TopK SAE per site trained on the pre model's activations of the training images with
+    `ctx.config.sae` (expansion, k, epochs, n_experts, seed), and the forget class's expert features. Memoised in
+    `ctx.shared`, so the audits of one organism's post-models train each once. A site that fails records its error
+    (the analysers reading it report it)."""
+    sae_cfg = ctx.config.sae
+    acts, pre = ctx.acts, ctx.pair.pre.model
+    opts = (("expansion", sae_cfg.expansion), ("k", sae_cfg.k), ("epochs", sae_cfg.epochs),
+            ("n_experts", sae_cfg.n_experts))
+    built: dict[str, object] = {}
+    for site in sites:
+        key = ("sae", id(pre), site, opts, sae_cfg.seed)
+        if key not in ctx.shared:
+            try:
+                train = acts.get("pre", site, "train")
+                layer_sae = train_layer_sae(site, train, expansion=sae_cfg.expansion, k=sae_cfg.k,
+                                            epochs=sae_cfg.epochs, seed=sae_cfg.seed)
+                experts, score = expert_features(layer_sae.encode(train), acts.labels("train"), ctx.pair.forget_class,
+                                                 sae_cfg.n_experts)
+                ctx.shared[key] = (layer_sae, experts, score)
+            except Exception as error:  # noqa: BLE001 — recorded; the analysers reading this site report it
+                built[site] = error
+                continue
+        built[site] = ctx.shared[key]
+    return built

@@ -8,11 +8,16 @@ import plotly.graph_objects as go
 from jaxtyping import Bool, Float
 from scipy.stats import ks_2samp
 
+from palimpsest.audit.finalize import Measurement
 from palimpsest.capture import score_answers
-from palimpsest.stats import bootstrap_mean_ci, calibrate
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.stats import bootstrap_mean_ci
+from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
 SETS = ("forget", "retain")
+
+
+class MemorizationConfig(AnalyserConfig):
+    """No options: the metrics are open-unlearning's, scored on the concept's forget and retain items."""
 
 
 def exact_memorization(top1: Bool[np.ndarray, " answer"]) -> float:
@@ -63,7 +68,7 @@ def _figure(rows: list[dict]) -> go.Figure:
 
 
 @register
-class Memorization:
+class Memorization(Analyser):
     name = "memorization"
     kind = "info"
     title = "Memorization, extraction strength and truth ratio"
@@ -76,8 +81,12 @@ class Memorization:
         "post model's forget truth ratios against the floor model's (high = indistinguishable from the oracle). The "
         "calibrated extraction strength (floor → 0, pre → 1) is shown as a residue but, being behaviour, is info only."
     )
+    Config = MemorizationConfig
+    modalities = frozenset({"text"})
+    needs = frozenset()  # teacher-forced scoring only; the floor is optional (without it: not calibrated)
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+    def measure(self, ctx) -> Measurement | Result:
+        pair, concept, config = ctx.pair, ctx.concept, ctx.config
         models = pair.models()
         summary: dict = {}
         tables: dict[str, list] = {"per_set": []}
@@ -125,30 +134,23 @@ class Memorization:
         summary["n_forget"] = len(concept.forget)
         lo, hi = bootstrap_mean_ci(es[("forget", "post")], n_bootstrap=config.n_bootstrap, seed=config.seed)
         summary["forget_es_post_ci"] = [lo, hi]
-        common = dict(kind="info", summary=summary, tables=tables, per_item=per_item)
-        post_es = summary["forget_es_post"]
         if not floor:
-            result = Result(name=self.name, **common,
+            result = Result(name=self.name, kind="info", summary=summary, tables=tables, per_item=per_item,
+                            notes=notes,
                             evidence=f"extraction strength on the forget items {summary['forget_es_pre']:.2f} -> "
-                                     f"{post_es:.2f} (no floor model: not calibrated)")
-        elif len(concept.forget) < config.min_items:
-            result = inconclusive(self.name, f"only {len(concept.forget)} forget items (< min_items="
-                                  f"{config.min_items})", **common)
-        else:
-            cal = calibrate(es[("forget", "post")], es[("forget", "floor")], es[("forget", "pre")],
-                            n_bootstrap=config.n_bootstrap, ci_level=config.ci_level, seed=config.seed, paired=True)
-            if cal.residue is None:
-                result = inconclusive(self.name, f"the pre model's extraction strength ({cal.ceiling:.2f}) is not "
-                                      f"above the floor model's ({cal.floor:.2f}): nothing to calibrate", **common,
-                                      floor=cal.floor, ceiling=cal.ceiling, post=cal.post, floor_source="floor model")
-            else:
-                fq = summary.get("forget_quality")
-                result = Result(
-                    name=self.name, residue=cal.residue, ci=cal.ci, floor=cal.floor, ceiling=cal.ceiling,
-                    post=cal.post, floor_source="floor model (oracle) extraction strength", **common,
-                    evidence=(f"extraction strength on the forget items {cal.ceiling:.2f} (pre) -> {cal.post:.2f} "
-                              f"(post), floor {cal.floor:.2f}"
-                              + (f"; forget quality (KS p vs floor) {fq:.3g}" if fq is not None else "")))
-        result.notes.extend(notes)
-        result.add_figure("Memorization metrics", _figure(figure_rows))
-        return result
+                                     f"{summary['forget_es_post']:.2f} (no floor model: not calibrated)")
+            for title, figure in self.figures(Measurement(0, 0, 0, "", "", extra={"rows": figure_rows}), ctx).items():
+                result.add_figure(title, figure)
+            return result
+        fq = summary.get("forget_quality")
+        return Measurement(
+            post=es[("forget", "post")], floor=es[("forget", "floor")], ceiling=es[("forget", "pre")],
+            floor_source="floor model (oracle) extraction strength", paired=True,
+            evidence=("extraction strength on the forget items {ceiling:.2f} (pre) -> {post:.2f} (post), floor "
+                      "{floor:.2f}" + (f"; forget quality (KS p vs floor) {fq:.3g}" if fq is not None else "")),
+            degenerate="the pre model's extraction strength ({ceiling:.2f}) is not above the floor model's "
+                       "({floor:.2f}): nothing to calibrate",
+            summary=summary, tables=tables, per_item=per_item, notes=notes, extra={"rows": figure_rows})
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Memorization metrics": _figure(measured.extra["rows"])}

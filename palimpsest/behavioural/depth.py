@@ -22,9 +22,17 @@ from palimpsest.capture import encode, intervene, replace_with, resid_post_sites
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.scoring import answer_token_logprobs
 from palimpsest.capture.tokens import EncodedBatch
-from palimpsest.types import AuditConfig, Result, inconclusive, register
+from palimpsest.stats import bootstrap_ci
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 PatchSpan = Literal["prompt", "subject", "all"]
+
+
+class DepthConfig(AnalyserConfig):
+    span: PatchSpan = "prompt"  # the positions patched: the whole prompt (UDS), the last subject token, or all
+    min_delta: float = 0.05  # a layer counts when patching the floor in drops the answer log-prob by more than this
+    # floor: cap each item's drop at log p_pre − log(floor's mean answer probability); none: no cap
+    cap: Literal["floor", "none"] = "floor"
 
 
 def patch_mask(batch: EncodedBatch, span: PatchSpan = "prompt") -> Bool[Tensor, "batch pos"]:
@@ -87,16 +95,8 @@ def bootstrap_depth(
     n_bootstrap: int, ci_level: float, seed: int,
 ) -> tuple[float, float] | None:
     """Percentile interval of the depth score, resampling items (Δ^S1 and Δ^S2 of an item stay together)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d1.shape[0], (n_bootstrap, d1.shape[0]))
-    m1, m2 = d1[idx].mean(1), d2[idx].mean(1)  # [n_bootstrap, layers]
-    scores = [depth_score(a, b, min_delta) for a, b in zip(m1, m2, strict=True)]
-    scores = [s for s in scores if s is not None]
-    if not scores:
-        return None
-    alpha = (1 - ci_level) / 2
-    lo, hi = np.quantile(scores, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return bootstrap_ci(lambda a, b: depth_score(a.mean(0), b.mean(0), min_delta), d1, d2,
+                        n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
 
 
 def _figure(d1: np.ndarray | None, d2: np.ndarray, min_delta: float) -> go.Figure:
@@ -115,7 +115,7 @@ def _figure(d1: np.ndarray | None, d2: np.ndarray, min_delta: float) -> go.Figur
 
 
 @register
-class UnlearningDepth:
+class UnlearningDepth(Analyser):
     name = "depth"
     kind = "residue"
     title = "Unlearning depth (activation patching)"
@@ -128,18 +128,19 @@ class UnlearningDepth:
         "the output head moved), 0 when it changed them as much as the oracle. Without a floor model the score "
         "cannot be computed; S2's per-layer drops are still shown."
     )
+    Config = DepthConfig
+    modalities = frozenset({"text"})
+    needs = frozenset()  # forward passes with patches; reads no captures (the floor is optional: S2 alone)
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        items = list(concept.forget)
-        span: PatchSpan = config.option(self.name, "span", "prompt")
-        min_delta = float(config.option(self.name, "min_delta", 0.05))
+    def measure(self, ctx) -> Result:
+        opts: DepthConfig = ctx.opts
+        pair, config = ctx.pair, ctx.config
+        items = list(ctx.concept.forget)
+        span, min_delta, cap_mode = opts.span, opts.min_delta, opts.cap
         # a patch can remove at most the knowledge: each item's Δ is capped at log p_pre − L, L = log of the floor
         # model's mean answer probability over the forget items (the level of a model that does not know them).
         # Larger drops are basis mismatch between independently trained models (the organism's oracle is retrained
         # from scratch) or a confidently wrong floor, not deletion.
-        cap_mode = config.option(self.name, "cap", "floor")
-        if cap_mode not in ("floor", "none"):
-            raise ValueError(f"depth cap {cap_mode!r} unknown: use floor or none")
         kwargs = dict(span=span, backend=config.backend, batch_size=config.batch_size)
         base, post_patched = patching_drops(pair.pre, pair.post, items, **kwargs)
         d2_items = base[:, None] - post_patched
@@ -154,8 +155,7 @@ class UnlearningDepth:
                 summary={"depth": None, "delta_s2": d2.tolist(), "n_items": len(items), "span": span},
                 tables={"per_layer": [{"layer": i, "delta_s2": round(float(d2[i]), 4)} for i in layers]})
             result.notes.extend(notes)
-            result.add_figure("Answer log-prob drop per patched layer", _figure(None, d2, min_delta))
-            return result
+            return self._with_figures(result, None, d2, min_delta, ctx)
 
         _, floor_patched = patching_drops(pair.pre, pair.floor, items, **kwargs)
         d1_items = base[:, None] - floor_patched
@@ -181,15 +181,13 @@ class UnlearningDepth:
                    "logprob_pre": float(base.mean())}
         common = dict(summary=summary, tables={"per_layer": per_layer}, per_item=per_item,
                       floor_source="floor model (oracle) patched in as S1")
-        if len(items) < config.min_items:
-            result = inconclusive(self.name, f"only {len(items)} forget items (< min_items={config.min_items})",
-                                  **common)
-        elif depth is None:
+        if depth is None:
             result = inconclusive(
                 self.name, f"patching the floor model into pre drops the answer by at most min_delta={min_delta} at "
                 "every layer: the pre model does not hold the answers beyond the floor, so depth is undefined",
                 **common)
         else:
+            # not `finalize`: the residue is a nonlinear score of per-layer means, bootstrapped over items as a whole
             ci = bootstrap_depth(d1_items, d2_items, min_delta, n_bootstrap=config.n_bootstrap,
                                  ci_level=config.ci_level, seed=config.seed)
             residue = 1.0 - depth
@@ -199,8 +197,16 @@ class UnlearningDepth:
                 evidence=(f"depth {depth:.2f}: the post model changed {depth:.0%} of the per-layer change true "
                           f"deletion needs (residue {residue:.2f})"))
         result.notes.extend(notes)
-        result.add_figure("Answer log-prob drop per patched layer", _figure(d1, d2, min_delta))
+        return self._with_figures(result, d1, d2, min_delta, ctx)
+
+    def _with_figures(self, result: Result, d1, d2, min_delta: float, ctx) -> Result:
+        for title, figure in self.figures({"d1": d1, "d2": d2, "min_delta": min_delta}, ctx).items():
+            result.add_figure(title, figure)
         return result
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Answer log-prob drop per patched layer": _figure(measured["d1"], measured["d2"],
+                                                                  measured["min_delta"])}
 
 
 def _own_logprob(loaded, items, batch_size: int) -> Float[np.ndarray, " n"]:

@@ -4,6 +4,7 @@ scored on the full text (prompt + answer) as the MIA literature does; AUC per at
 from __future__ import annotations
 
 import zlib
+from typing import Literal
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,10 +14,17 @@ from sklearn.metrics import roc_auc_score
 
 from palimpsest.capture import encode
 from palimpsest.capture.backends import forward_kwargs
-from palimpsest.stats import calibrate_value
-from palimpsest.types import AuditConfig, Result, inconclusive, register, skipped
+from palimpsest.stats import bootstrap_ci_independent, calibrate_value
+from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register, skipped
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+Attack = Literal["loss", "zlib", "min_k", "min_k_plus_plus"]
+
+
+class MIAConfig(AnalyserConfig):
+    attack: Attack = "loss"  # the attack whose calibrated AUC is the residue (every attack's AUC is reported)
+    k: float = 0.2  # Min-K% and Min-K%++: the share of lowest-scoring tokens averaged
+    min_gap: float = 0.1  # the pre model's AUC must beat the floor model's by more than this
 
 
 def full_text(item) -> str:
@@ -73,22 +81,14 @@ def pairwise_wins(members: Float[np.ndarray, " m"], nonmembers: Float[np.ndarray
 def bootstrap_residue(wins: dict[str, np.ndarray], *, n_bootstrap: int, ci_level: float, seed: int,
                       min_gap: float) -> tuple[float, float] | None:
     """Percentile CI of (AUC_post − AUC_floor) / (AUC_pre − AUC_floor), resampling members and non-members
-    (the same resample for the three models). Hand-written: sklearn has no bootstrap of a calibrated AUC ratio;
-    the pairwise-wins matrix makes each resampled AUC one indexed mean."""
-    rng = np.random.default_rng(seed)
+    (the same resample for the three models); the pairwise-wins matrix makes each resampled AUC one indexed mean."""
     m, h = wins["pre"].shape
-    values = []
-    for _ in range(n_bootstrap):
-        rows, cols = rng.integers(0, m, m), rng.integers(0, h, h)
+
+    def residue(rows: np.ndarray, cols: np.ndarray) -> float | None:
         auc = {name: float(w[np.ix_(rows, cols)].mean()) for name, w in wins.items()}
-        value = calibrate_value(auc["post"], auc["floor"], auc["pre"], min_gap)
-        if value is not None:
-            values.append(value)
-    if not values:
-        return None
-    alpha = (1 - ci_level) / 2
-    lo, hi = np.quantile(values, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+        return calibrate_value(auc["post"], auc["floor"], auc["pre"], min_gap)
+
+    return bootstrap_ci_independent(residue, (m, h), n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
 
 
 def _figure(aucs: dict[str, dict[str, float]]) -> go.Figure:
@@ -103,7 +103,7 @@ def _figure(aucs: dict[str, dict[str, float]]) -> go.Figure:
 
 
 @register
-class MembershipInference:
+class MembershipInference(Analyser):
     name = "mia"
     kind = "residue"
     title = "Membership inference (forget vs never-trained items)"
@@ -116,16 +116,17 @@ class MembershipInference:
         "AUC_floor), and PrivLeak = (AUC_post − AUC_floor) / AUC_floor per attack; without one the AUCs are info only "
         "(holdout items need not be distributed like the forget items on a real model)."
     )
+    Config = MIAConfig
+    modalities = frozenset({"text"})
+    needs = frozenset()  # forward passes on the full texts; the floor is optional (without it: info only)
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
+    def measure(self, ctx) -> Result:
+        opts: MIAConfig = ctx.opts
+        pair, concept, config = ctx.pair, ctx.concept, ctx.config
         members, nonmembers = list(concept.forget), list(concept.holdout)
         if not nonmembers:
             return skipped(self.name, "the concept has no holdout (never-trained) items to serve as non-members")
-        k = float(config.option(self.name, "k", 0.2))
-        attack = config.option(self.name, "attack", "loss")
-        if attack not in ATTACKS:
-            raise ValueError(f"mia attack {attack!r} unknown: use one of {', '.join(ATTACKS)}")
-        min_gap = float(config.option(self.name, "min_gap", 0.1))
+        k, attack, min_gap = opts.k, opts.attack, opts.min_gap
         texts = [full_text(it) for it in members + nonmembers]
         labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
         aucs: dict[str, dict[str, float]] = {}
@@ -160,7 +161,7 @@ class MembershipInference:
                 result = inconclusive(self.name, f"{attack} AUC of the pre model ({ceiling:.2f}) is not above the "
                                       f"floor model's ({floor:.2f}) by min_gap={min_gap}: the attack cannot "
                                       "separate members from non-members", **fields)
-            else:
+            else:  # not `finalize`: the AUCs are scalars; the CI resamples members and non-members
                 wins = {m: pairwise_wins(scores_by_model[m][attack][:len(members)],
                                          scores_by_model[m][attack][len(members):]) for m in ("pre", "post", "floor")}
                 ci = bootstrap_residue(wins, n_bootstrap=config.n_bootstrap, ci_level=config.ci_level,
@@ -168,5 +169,9 @@ class MembershipInference:
                 result = Result(name=self.name, kind="residue", residue=residue, ci=ci, **fields,
                                 evidence=(f"{attack} membership AUC {ceiling:.2f} (pre) -> {post:.2f} (post), floor "
                                           f"{floor:.2f}; PrivLeak {summary['privleak'][attack]:+.2f}"))
-        result.add_figure("Membership-inference AUC per attack", _figure(aucs))
+        for title, figure in self.figures(aucs, ctx).items():
+            result.add_figure(title, figure)
         return result
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Membership-inference AUC per attack": _figure(measured)}

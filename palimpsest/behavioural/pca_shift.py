@@ -15,9 +15,14 @@ from torch import Tensor
 
 from palimpsest.capture import encode, resid_post_sites, run_and_capture
 from palimpsest.capture.tokens import EncodedBatch
-from palimpsest.types import AuditConfig, Result, register
+from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+class PCAShiftConfig(AnalyserConfig):
+    n_components: int = 5  # the pre model's top principal components the shift is measured along, per layer
+    weight_change_threshold: float = 1e-6  # a tensor counts as changed when its relative change is above this
 
 
 def answer_span_mask(batch: EncodedBatch) -> Bool[Tensor, "batch pos"]:
@@ -124,7 +129,7 @@ def _weight_figure(rows: list[dict]) -> go.Figure:
 
 
 @register
-class PCAShift:
+class PCAShift(Analyser):
     name = "pca_shift"
     kind = "info"
     title = "Where the unlearning acted: PCA shift and weight change"
@@ -136,10 +141,15 @@ class PCAShift:
         "specific to the forget set; the floor model is shown for scale only (an independently trained model lives "
         "in another basis). The weight-change table gives ||W_post − W_pre|| / ||W_pre|| for every parameter tensor."
     )
+    Config = PCAShiftConfig
+    modalities = frozenset({"text"})
+    needs = frozenset()  # its own answer-span captures and the weights; the floor is shown when there is one
 
-    def run(self, pair, concept, acts, config: AuditConfig) -> Result:
-        n_components = int(config.option(self.name, "n_components", 5))
-        threshold = float(config.option(self.name, "weight_change_threshold", 1e-6))
+    def run(self, ctx) -> Result:
+        """Info only, nothing calibrated: no min_items guard and no `finalize`."""
+        opts: PCAShiftConfig = ctx.opts
+        pair, concept, config = ctx.pair, ctx.concept, ctx.config
+        n_components, threshold = opts.n_components, opts.weight_change_threshold
         sites = resid_post_sites(pair.pre.model)
         shift_rows = []
         for item_set in ("forget", "retain"):
@@ -171,6 +181,10 @@ class PCAShift:
                     f"largest forget-activation shift {max(forget_post, default=0.0):.2f} pre-std units")
         result = Result(name=self.name, kind="info", summary=result_summary,
                         tables={"per_layer_shift": shift_rows, "weight_change": weights}, evidence=evidence)
-        result.add_figure("Activation shift along the pre model's top PCs", _shift_figure(shift_rows))
-        result.add_figure("Relative weight change per tensor", _weight_figure(weights))
+        for title, figure in self.figures({"shift_rows": shift_rows, "weights": weights}, ctx).items():
+            result.add_figure(title, figure)
         return result
+
+    def figures(self, measured, ctx) -> dict:
+        return {"Activation shift along the pre model's top PCs": _shift_figure(measured["shift_rows"]),
+                "Relative weight change per tensor": _weight_figure(measured["weights"])}
