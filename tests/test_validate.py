@@ -9,8 +9,8 @@ import torch
 
 from palimpsest.audit.context import AuditContext
 from palimpsest.audit.runner import run_analyser
-from palimpsest.concepts import concept_from_dict
 from palimpsest.audit.verdict import decide
+from palimpsest.concepts import concept_from_dict
 from palimpsest.types import Analyser, AuditConfig, Result
 
 # a reduced population: one world, its default forget set, one control of each truth, fast analysers
