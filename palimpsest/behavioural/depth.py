@@ -99,6 +99,26 @@ def bootstrap_depth(
                         n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
 
 
+def cap_drops(d1_items: Float[np.ndarray, "n layers"], d2_items: Float[np.ndarray, "n layers"],
+              base: Float[np.ndarray, " n"], level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both drops capped per item at log p_pre − `level` (a patch removes at most the answer)."""
+    cap = np.clip(base - level, 0.0, None)[:, None]
+    return np.minimum(d1_items, cap), np.minimum(d2_items, cap)
+
+
+def per_layer_rows(d1: Float[np.ndarray, " layers"], d2: Float[np.ndarray, " layers"],
+                   min_delta: float) -> list[dict]:
+    return [{"layer": i, "delta_s1": round(float(d1[i]), 4), "delta_s2": round(float(d2[i]), 4),
+             "ratio": round(float(np.clip(d2[i] / d1[i], 0, 1)), 4) if d1[i] > min_delta else None,
+             "counted": bool(d1[i] > min_delta)} for i in range(len(d2))]
+
+
+def per_item_rows(items, d1_items: Float[np.ndarray, "n layers"], d2_items: Float[np.ndarray, "n layers"]) -> list[dict]:
+    return [{"index": i, "prompt": it.prompt, "answer": it.answer,
+             "delta_s1": [round(float(x), 4) for x in d1_items[i]],
+             "delta_s2": [round(float(x), 4) for x in d2_items[i]]} for i, it in enumerate(items)]
+
+
 def _figure(d1: np.ndarray | None, d2: np.ndarray, min_delta: float) -> go.Figure:
     layers = list(range(len(d2)))
     fig = go.Figure()
@@ -146,40 +166,25 @@ class UnlearningDepth(Analyser):
         d2_items = base[:, None] - post_patched
         notes = [f"patched span: {span} positions of the forget prompts at every blocks.{{l}}.hook_resid_post; "
                  "Δ = mean over answer tokens of log p_pre − log p_patched"]
-        layers = list(range(d2_items.shape[1]))
         if pair.floor is None:
-            d2 = d2_items.mean(0)
-            result = inconclusive(
-                self.name, "the depth score needs a floor (oracle/retain) model as S1; only the post model's per-layer "
-                "drops (S2) are reported", kind="residue",
-                summary={"depth": None, "delta_s2": d2.tolist(), "n_items": len(items), "span": span},
-                tables={"per_layer": [{"layer": i, "delta_s2": round(float(d2[i]), 4)} for i in layers]})
-            result.notes.extend(notes)
-            return self._with_figures(result, None, d2, min_delta, ctx)
+            return self._s2_only(d2_items, len(items), span, min_delta, notes, ctx)
 
         _, floor_patched = patching_drops(pair.pre, pair.floor, items, **kwargs)
         d1_items = base[:, None] - floor_patched
         if cap_mode == "floor":
-            floor_lp = _own_logprob(pair.floor, items, config.batch_size)
-            level = float(np.log(np.mean(np.exp(floor_lp))))
-            cap = np.clip(base - level, 0.0, None)[:, None]
-            d1_items, d2_items = np.minimum(d1_items, cap), np.minimum(d2_items, cap)
+            level = float(np.log(np.mean(np.exp(_own_logprob(pair.floor, items, config.batch_size)))))
+            d1_items, d2_items = cap_drops(d1_items, d2_items, base, level)
             notes.append(f"cap=floor: each item's Δ is capped at log p_pre − {level:.2f}, the log of the floor model's "
                          "mean answer probability: a patch counts as removing the answer once it brings it down to the "
                          "level of a model that never learned it; larger drops are basis mismatch between "
                          "independently trained models, not more deletion")
         d1, d2 = d1_items.mean(0), d2_items.mean(0)
         depth = depth_score(d1, d2, min_delta)
-        per_layer = [{"layer": i, "delta_s1": round(float(d1[i]), 4), "delta_s2": round(float(d2[i]), 4),
-                      "ratio": round(float(np.clip(d2[i] / d1[i], 0, 1)), 4) if d1[i] > min_delta else None,
-                      "counted": bool(d1[i] > min_delta)} for i in layers]
-        per_item = [{"index": i, "prompt": it.prompt, "answer": it.answer,
-                     "delta_s1": [round(float(x), 4) for x in d1_items[i]],
-                     "delta_s2": [round(float(x), 4) for x in d2_items[i]]} for i, it in enumerate(items)]
         summary = {"depth": depth, "delta_s1": d1.tolist(), "delta_s2": d2.tolist(), "n_items": len(items),
                    "span": span, "min_delta": min_delta, "cap": cap_mode,
                    "logprob_pre": float(base.mean())}
-        common = dict(summary=summary, tables={"per_layer": per_layer}, per_item=per_item,
+        common = dict(summary=summary, tables={"per_layer": per_layer_rows(d1, d2, min_delta)},
+                      per_item=per_item_rows(items, d1_items, d2_items),
                       floor_source="floor model (oracle) patched in as S1")
         if depth is None:
             result = inconclusive(
@@ -187,17 +192,33 @@ class UnlearningDepth(Analyser):
                 "every layer: the pre model does not hold the answers beyond the floor, so depth is undefined",
                 **common)
         else:
-            # not `finalize`: the residue is a nonlinear score of per-layer means, bootstrapped over items as a whole
-            ci = bootstrap_depth(d1_items, d2_items, min_delta, n_bootstrap=config.n_bootstrap,
-                                 ci_level=config.ci_level, seed=config.seed)
-            residue = 1.0 - depth
-            result = Result(
-                name=self.name, kind="residue", residue=residue,
-                ci=(1.0 - ci[1], 1.0 - ci[0]) if ci else None, floor=0.0, ceiling=1.0, post=residue, **common,
-                evidence=(f"depth {depth:.2f}: the post model changed {depth:.0%} of the per-layer change true "
-                          f"deletion needs (residue {residue:.2f})"))
+            result = self._depth_result(depth, d1_items, d2_items, min_delta, config, common)
         result.notes.extend(notes)
         return self._with_figures(result, d1, d2, min_delta, ctx)
+
+    def _s2_only(self, d2_items: Float[np.ndarray, "n layers"], n_items: int, span: str, min_delta: float,
+                 notes: list[str], ctx) -> Result:
+        """Without a floor model: inconclusive, with the post model's per-layer drops (S2)."""
+        d2 = d2_items.mean(0)
+        result = inconclusive(
+            self.name, "the depth score needs a floor (oracle/retain) model as S1; only the post model's per-layer "
+            "drops (S2) are reported", kind="residue",
+            summary={"depth": None, "delta_s2": d2.tolist(), "n_items": n_items, "span": span},
+            tables={"per_layer": [{"layer": i, "delta_s2": round(float(d2[i]), 4)} for i in range(len(d2))]})
+        result.notes.extend(notes)
+        return self._with_figures(result, None, d2, min_delta, ctx)
+
+    def _depth_result(self, depth: float, d1_items: Float[np.ndarray, "n layers"],
+                      d2_items: Float[np.ndarray, "n layers"], min_delta: float, config, common: dict) -> Result:
+        # not `finalize`: the residue is a nonlinear score of per-layer means, bootstrapped over items as a whole
+        ci = bootstrap_depth(d1_items, d2_items, min_delta, n_bootstrap=config.n_bootstrap,
+                             ci_level=config.ci_level, seed=config.seed)
+        residue = 1.0 - depth
+        return Result(
+            name=self.name, kind="residue", residue=residue,
+            ci=(1.0 - ci[1], 1.0 - ci[0]) if ci else None, floor=0.0, ceiling=1.0, post=residue, **common,
+            evidence=(f"depth {depth:.2f}: the post model changed {depth:.0%} of the per-layer change true "
+                      f"deletion needs (residue {residue:.2f})"))
 
     def _with_figures(self, result: Result, d1, d2, min_delta: float, ctx) -> Result:
         for title, figure in self.figures({"d1": d1, "d2": d2, "min_delta": min_delta}, ctx).items():

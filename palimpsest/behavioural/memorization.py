@@ -55,6 +55,39 @@ def truth_ratios(model, tokenizer, items, batch_size: int) -> tuple[Float[np.nda
     return wrong_prob / np.exp(true_lp), used, fell_back
 
 
+def item_scores(loaded, items, batch_size: int) -> tuple[Float[np.ndarray, " n"], Float[np.ndarray, " n"],
+                                                        Float[np.ndarray, " used"], list[int], bool]:
+    """Per item: exact memorization and extraction strength; and the truth ratios (see `truth_ratios`)."""
+    scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size)
+    em = np.array([exact_memorization(t) for t in scores.token_top1])
+    ext = np.array([extraction_strength(t) for t in scores.token_top1])
+    ratios, used, fell_back = truth_ratios(loaded.model, loaded.tokenizer, items, batch_size)
+    return em, ext, ratios, used, fell_back
+
+
+def set_row(item_set: str, model_name: str, em: Float[np.ndarray, " n"], ext: Float[np.ndarray, " n"],
+            ratios: Float[np.ndarray, " used"]) -> dict:
+    """The per_set table row: mean scores, the truth ratio as open-unlearning reports it (where there are any)."""
+    row = {"set": item_set, "model": model_name, "n": len(em), "exact_memorization": float(em.mean()),
+           "extraction_strength": float(ext.mean())}
+    if len(ratios):
+        stat = np.minimum(ratios, 1 / ratios) if item_set == "forget" else np.maximum(0, 1 - ratios)
+        row["truth_ratio"] = float(stat.mean())
+    return row
+
+
+def add_item_scores(per_item: list[dict], items, model_name: str, em: Float[np.ndarray, " n"],
+                    ext: Float[np.ndarray, " n"], ratios: Float[np.ndarray, " used"], used: list[int]) -> None:
+    """Add `model_name`'s rounded scores to the per-item rows (created on the first model, pre)."""
+    for i, it in enumerate(items):
+        if model_name == "pre":
+            per_item.append({"index": i, "prompt": it.prompt, "answer": it.answer})
+        per_item[i][f"em_{model_name}"] = round(float(em[i]), 4)
+        per_item[i][f"es_{model_name}"] = round(float(ext[i]), 4)
+        if i in used:
+            per_item[i][f"truth_ratio_{model_name}"] = round(float(ratios[used.index(i)]), 4)
+
+
 def _figure(rows: list[dict]) -> go.Figure:
     fig = go.Figure()
     colours = {"pre": "#4C78A8", "post": "#E45756", "floor": "#9D9D9D"}
@@ -99,31 +132,19 @@ class Memorization(Analyser):
             if not items:
                 continue
             for model_name, loaded in models.items():
-                scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=config.batch_size)
-                em = np.array([exact_memorization(t) for t in scores.token_top1])
-                es[(item_set, model_name)] = ext = np.array([extraction_strength(t) for t in scores.token_top1])
-                ratios, used, fb = truth_ratios(loaded.model, loaded.tokenizer, items, config.batch_size)
+                em, ext, ratios, used, fb = item_scores(loaded, items, config.batch_size)
+                es[(item_set, model_name)], tr[(item_set, model_name)] = ext, ratios
                 fell_back |= fb
-                tr[(item_set, model_name)] = ratios
-                row = {"set": item_set, "model": model_name, "n": len(items), "exact_memorization": float(em.mean()),
-                       "extraction_strength": float(ext.mean())}
+                row = set_row(item_set, model_name, em, ext, ratios)
                 summary[f"{item_set}_em_{model_name}"] = row["exact_memorization"]
                 summary[f"{item_set}_es_{model_name}"] = row["extraction_strength"]
-                if len(ratios):
-                    stat = np.minimum(ratios, 1 / ratios) if item_set == "forget" else np.maximum(0, 1 - ratios)
-                    row["truth_ratio"] = float(stat.mean())
+                if "truth_ratio" in row:
                     summary[f"{item_set}_truth_ratio_{model_name}"] = row["truth_ratio"]
                 tables["per_set"].append(row)
                 figure_rows += [{"set": item_set, "model": model_name, "metric": m, "value": row[m]}
                                 for m in ("exact_memorization", "extraction_strength", "truth_ratio") if m in row]
                 if item_set == "forget":
-                    for i, it in enumerate(items):
-                        if model_name == "pre":
-                            per_item.append({"index": i, "prompt": it.prompt, "answer": it.answer})
-                        per_item[i][f"em_{model_name}"] = round(float(em[i]), 4)
-                        per_item[i][f"es_{model_name}"] = round(float(ext[i]), 4)
-                        if i in used:
-                            per_item[i][f"truth_ratio_{model_name}"] = round(float(ratios[used.index(i)]), 4)
+                    add_item_scores(per_item, items, model_name, em, ext, ratios, used)
         notes = []
         if fell_back:
             notes.append("items without a paraphrased answer use their own answer as the true answer of the truth ratio")
@@ -135,13 +156,7 @@ class Memorization(Analyser):
         lo, hi = bootstrap_mean_ci(es[("forget", "post")], n_bootstrap=config.n_bootstrap, seed=config.seed)
         summary["forget_es_post_ci"] = [lo, hi]
         if not floor:
-            result = Result(name=self.name, kind="info", summary=summary, tables=tables, per_item=per_item,
-                            notes=notes,
-                            evidence=f"extraction strength on the forget items {summary['forget_es_pre']:.2f} -> "
-                                     f"{summary['forget_es_post']:.2f} (no floor model: not calibrated)")
-            for title, figure in self.figures(Measurement(0, 0, 0, "", "", extra={"rows": figure_rows}), ctx).items():
-                result.add_figure(title, figure)
-            return result
+            return self._uncalibrated(summary, tables, per_item, notes, figure_rows, ctx)
         fq = summary.get("forget_quality")
         return Measurement(
             post=es[("forget", "post")], floor=es[("forget", "floor")], ceiling=es[("forget", "pre")],
@@ -151,6 +166,17 @@ class Memorization(Analyser):
             degenerate="the pre model's extraction strength ({ceiling:.2f}) is not above the floor model's "
                        "({floor:.2f}): nothing to calibrate",
             summary=summary, tables=tables, per_item=per_item, notes=notes, extra={"rows": figure_rows})
+
+    def _uncalibrated(self, summary: dict, tables: dict, per_item: list[dict], notes: list[str],
+                      figure_rows: list[dict], ctx) -> Result:
+        """The info result without a floor model: the scores, not calibrated."""
+        result = Result(name=self.name, kind="info", summary=summary, tables=tables, per_item=per_item,
+                        notes=notes,
+                        evidence=f"extraction strength on the forget items {summary['forget_es_pre']:.2f} -> "
+                                 f"{summary['forget_es_post']:.2f} (no floor model: not calibrated)")
+        for title, figure in self.figures(Measurement(0, 0, 0, "", "", extra={"rows": figure_rows}), ctx).items():
+            result.add_figure(title, figure)
+        return result
 
     def figures(self, measured, ctx) -> dict:
         return {"Memorization metrics": _figure(measured.extra["rows"])}

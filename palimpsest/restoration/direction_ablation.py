@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from sklearn.decomposition import PCA
 from torch import Tensor
 
@@ -79,6 +79,48 @@ def forgotten_indices(pre_ok: np.ndarray, model_ok: np.ndarray, train: list[int]
     return [i for i in train if pre_ok[i] and not model_ok[i]]
 
 
+def direction_items(pre_ok: Bool[np.ndarray, " n"], post_ok: Bool[np.ndarray, " n"],
+                    train: list[int]) -> tuple[list[int], list[str]]:
+    """The fitting items the directions are estimated on (the forgotten ones, or all when fewer than 2), with a note
+    when it falls back."""
+    sel = forgotten_indices(pre_ok, post_ok, train)
+    if len(sel) >= 2:
+        return sel, []
+    return train, [f"only {len(sel)} fitting items are forgotten (pre right, post wrong): directions from all "
+                   f"{len(train)} fitting items"]
+
+
+def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
+                     ablated_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
+    return {
+        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
+        "held_out_acc_ablated": float(ablated_ok.mean()),
+        "held_out_acc_random_control": float(random_hits.mean()),
+        "restoration_rate": restoration_rate(pre_ok, post_ok, ablated_ok),
+    }
+
+
+def variant_table(scores: dict[Variant, Bool[np.ndarray, " n"]], train: list[int], held: list[int]) -> list[dict]:
+    return [{"direction": kind, "layers": where, "train_acc": float(hits[train].mean()),
+             "held_out_acc": float(hits[held].mean())} for (kind, where), hits in scores.items()]
+
+
+def per_layer_table(sites: list[str], rel: list[float]) -> list[dict]:
+    return [{"layer": i, "site": s, "relative_norm_r": r} for i, (s, r) in enumerate(zip(sites, rel, strict=True))]
+
+
+def floor_source(has_floor: bool) -> str:
+    return ("the same ablation on the floor model (its own direction)" if has_floor
+            else "random directions at the same layers")
+
+
+def ablation_evidence(variant: Variant, summary: dict) -> str:
+    return (f"projecting out the unlearning direction ({variant[0]} at {_where(variant[1])}) brings held-out "
+            f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
+            f"{summary['held_out_acc_ablated']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random "
+            f"{summary['held_out_acc_random_control']:.2f})")
+
+
 class DirectionAblationConfig(AnalyserConfig):
     n_random: int = 2  # random-direction (or random-subspace) draws: the chance control
     # output-layer-only edits: ranks of the weight-difference subspace tried
@@ -114,62 +156,54 @@ class DirectionAblation(Analyser):
         ceiling = correct(pre, items, batch_size=bs)
         post_plain = correct(post, items, batch_size=bs)
         floor_plain = correct(floor, items, batch_size=bs) if floor is not None else None
-        notes = []
-        sel = forgotten_indices(ceiling, post_plain, train)
-        if len(sel) < 2:
-            notes.append(f"only {len(sel)} fitting items are forgotten (pre right, post wrong): directions from all "
-                         f"{len(train)} fitting items")
-            sel = train
+        sel, notes = direction_items(ceiling, post_plain, train)
         directions = fit_directions(acts, "post", sites, sel)
         rel = [relative_shift(d["mean"], acts.get("pre", site, "forget", "last"))
                for d, site in zip(directions, sites, strict=True)]
-        gen = torch.Generator().manual_seed(config.seed)
-        if max(rel) >= MIN_RELATIVE_SHIFT:
-            candidates, random_candidates, floor_candidates, description = _residual_attack(
-                acts, sites, directions, ceiling, floor_plain, train, opts.n_random, gen)
-        else:
-            basis = head_edit_basis(pre.model, post.model, max(opts.head_ranks))
-            if basis is None:
-                return inconclusive(self.name, f"post and pre residual streams do not differ on the forget prompts "
-                                               f"(largest |r|/|h| = {max(rel):.1e}) and the output layer's weights are "
-                                               "equal: the change is after the last block, outside the output layer, so "
-                                               "there is no direction to ablate", summary={"relative_shift_max": max(rel)})
-            candidates, random_candidates, floor_candidates, description = _head_attack(
-                pre, floor, basis, list(opts.head_ranks), max(rel), len(train), opts.n_random, gen)
+        attack = self._attack(ctx, sites, directions, rel, ceiling, floor_plain, train)
+        if isinstance(attack, Result):
+            return attack
+        candidates, random_candidates, floor_candidates, description = attack
         variant, post_att, post_scores = best_of(post, items, candidates, train, bs)
         random_att = np.mean([best_of(post, items, c, train, bs)[1] for c in random_candidates], axis=0)
         if floor is not None:
             _, floor_att, _ = best_of(floor, items, floor_candidates(), train, bs)
-            floor_values, floor_source = floor_att[held], "the same ablation on the floor model (its own direction)"
-            floor_base = floor_plain[held]
+            floor_values, floor_base = floor_att[held], floor_plain[held]
         else:
-            floor_values, floor_source = random_att[held], "random directions at the same layers"
-            floor_base = post_plain[held]
+            floor_values, floor_base = random_att[held], post_plain[held]
         notes.append(description)
-        table = [{"direction": kind, "layers": where, "train_acc": float(hits[train].mean()),
-                  "held_out_acc": float(hits[held].mean())} for (kind, where), hits in post_scores.items()]
-        per_layer = [{"layer": i, "site": s, "relative_norm_r": r} for i, (s, r) in enumerate(zip(sites, rel, strict=True))]
         summary = {
             "n_train": len(train), "n_held_out": len(held), "n_direction_items": len(sel),
             "variant": f"{variant[0]}@{variant[1]}",
-            "held_out_acc_pre": float(ceiling[held].mean()), "held_out_acc_post": float(post_plain[held].mean()),
-            "held_out_acc_ablated": float(post_att[held].mean()),
-            "held_out_acc_random_control": float(random_att[held].mean()),
-            "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
+            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
             "relative_shift_max": max(rel),
         }
         if floor is not None:
             summary["held_out_acc_floor_ablated"] = float(floor_values.mean())
         return calibrated_result(self, RateMeasurement(
             post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base, floor_source=floor_source, summary=summary,
+            floor_base=floor_base, floor_source=floor_source(floor is not None), summary=summary,
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                ablated=post_att[held], random=random_att[held], floor=floor_values),
-            tables={"variants": table, "per_layer": per_layer}, notes=notes,
-            evidence=(f"projecting out the unlearning direction ({variant[0]} at {_where(variant[1])}) brings held-out "
-                      f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
-                      f"{summary['held_out_acc_ablated']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random "
-                      f"{summary['held_out_acc_random_control']:.2f})")), ctx)
+            tables={"variants": variant_table(post_scores, train, held), "per_layer": per_layer_table(sites, rel)},
+            notes=notes, evidence=ablation_evidence(variant, summary)), ctx)
+
+    def _attack(self, ctx, sites: list[str], directions: list[dict[str, Tensor]], rel: list[float],
+                ceiling: Bool[np.ndarray, " n"], floor_plain: Bool[np.ndarray, " n"] | None, train: list[int]):
+        """The candidates of `_residual_attack` when the residual stream moved, else of `_head_attack`; a Result
+        when neither has anything to ablate."""
+        opts: DirectionAblationConfig = ctx.opts
+        gen = torch.Generator().manual_seed(ctx.config.seed)
+        if max(rel) >= MIN_RELATIVE_SHIFT:
+            return _residual_attack(ctx.acts, sites, directions, ceiling, floor_plain, train, opts.n_random, gen)
+        pre, post, floor = ctx.pair.pre, ctx.pair.post, ctx.pair.floor
+        basis = head_edit_basis(pre.model, post.model, max(opts.head_ranks))
+        if basis is None:
+            return inconclusive(self.name, f"post and pre residual streams do not differ on the forget prompts "
+                                           f"(largest |r|/|h| = {max(rel):.1e}) and the output layer's weights are "
+                                           "equal: the change is after the last block, outside the output layer, so "
+                                           "there is no direction to ablate", summary={"relative_shift_max": max(rel)})
+        return _head_attack(pre, floor, basis, list(opts.head_ranks), max(rel), len(train), opts.n_random, gen)
 
     def figures(self, measured, ctx) -> dict:
         table = measured.tables["variants"]

@@ -111,18 +111,10 @@ class Relearning(Analyser):
     def measure(self, ctx) -> Result:
         opts: RelearningConfig = ctx.opts
         pair, concept, config, data = ctx.pair, ctx.concept, ctx.config, opts.data
-        items = list(concept.forget)
-        if data == "forget":
-            train, held = split_items(items, config.seed, opts.test_size)
-            if (few := too_few(self.name, len(train), len(held), config)) is not None:
-                return few
-            fit, evaluate = [items[i] for i in train], [items[i] for i in held]
-        else:
-            fit, evaluate = list(concept.neighbours), items
-            if len(fit) < 2 or len(evaluate) < max(2, config.min_items):
-                return inconclusive(self.name, f"relearning on related text needs >= 2 neighbour items and >= "
-                                               f"{max(2, config.min_items)} forget items ({len(fit)}, {len(evaluate)})")
-            train, held = list(range(len(fit))), list(range(len(evaluate)))
+        split = self._split(opts, concept, config)
+        if isinstance(split, Result):
+            return split
+        fit, evaluate, train, held = split
         pre, post, floor, bs = pair.pre, pair.post, pair.floor, config.batch_size
         ceiling = correct(pre, evaluate, batch_size=bs)
         post_plain = correct(post, evaluate, batch_size=bs)
@@ -140,27 +132,13 @@ class Relearning(Analyser):
             floor_source = "the floor model fine-tuned the same way on the same items"
             del f_tuned
         else:
-            holdout = list(concept.holdout)
-            if data == "related":  # the post model after the same fine-tuning, on facts it never knew
-                h_train, h_held = [], list(range(len(holdout)))
-            else:
-                h_train, h_held = split_items(holdout, config.seed, opts.test_size)
-            if (data == "forget" and len(h_train) < 2) or len(h_held) < 2:
-                return inconclusive(self.name, "no floor model and too few holdout items (never-trained facts) to "
-                                               "measure what relearning recovers for facts that were never known")
-            h_items = [holdout[i] for i in h_held]
-            if data == "related":
-                h_tuned, h_curve = tuned, []  # its curve would need another fine-tuning run
-            else:
-                h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=h_items, **kw)
-            floor_values, paired = correct(h_tuned, h_items, batch_size=bs), False
-            floor_base = correct(post, h_items, batch_size=bs)
-            floor_known = np.ones(len(h_items), dtype=bool)  # never-trained facts: any answer got right is relearned
+            holdout_floor = self._holdout_floor(ctx, tuned, kw)
+            if isinstance(holdout_floor, Result):
+                return holdout_floor
+            floor_values, floor_base, floor_known, h_curve, floor_source = holdout_floor
+            paired = False
             if h_curve:
                 curves["post on never-trained holdout facts"] = [a for _, a in h_curve]
-            floor_source = ("the post model after the same fine-tuning, on never-trained holdout facts" if data == "related"
-                            else "the post model fine-tuned the same way on never-trained holdout facts")
-            del h_tuned
         del tuned
         summary = {
             "data": data, "steps": opts.steps, "lr": opts.lr, "n_train": len(train), "n_held_out": len(held),
@@ -174,13 +152,48 @@ class Relearning(Analyser):
             floor_known=floor_known, floor_source=floor_source, summary=summary,
             per_item=item_rows(evaluate, pre=ceiling, post=post_plain, relearned=post_att,
                                **({"floor": floor_values} if paired else {})),
-            notes=_notes(opts, len(train), len(held), fit_acc),
-            evidence=(f"{opts.steps} fine-tuning steps on "
-                      f"{'other forget facts' if data == 'forget' else 'related facts'} bring held-out forget accuracy "
-                      f"from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
-                      f"{summary['held_out_acc_pre']:.2f}; floor after the same fine-tuning "
-                      f"{summary['held_out_acc_floor_relearned']:.2f})"),
+            notes=_notes(opts, len(train), len(held), fit_acc), evidence=_evidence(opts, summary),
             extra={"steps": [s for s, _ in post_curve], "curves": curves}), ctx)
+
+    def _split(self, opts: RelearningConfig, concept,
+               config) -> Result | tuple[list[Item], list[Item], list[int], list[int]]:
+        """(items fine-tuned on, items scored, their indices as train / held-out), or why there are too few."""
+        items = list(concept.forget)
+        if opts.data == "forget":
+            train, held = split_items(items, config.seed, opts.test_size)
+            if (few := too_few(self.name, len(train), len(held), config)) is not None:
+                return few
+            return [items[i] for i in train], [items[i] for i in held], train, held
+        fit, evaluate = list(concept.neighbours), items
+        if len(fit) < 2 or len(evaluate) < max(2, config.min_items):
+            return inconclusive(self.name, f"relearning on related text needs >= 2 neighbour items and >= "
+                                           f"{max(2, config.min_items)} forget items ({len(fit)}, {len(evaluate)})")
+        return fit, evaluate, list(range(len(fit))), list(range(len(evaluate)))
+
+    def _holdout_floor(self, ctx, tuned: LoadedModel, kw: dict):
+        """Without a floor model: (values, unattacked correctness, floor_known, relearning curve, source) of the post
+        model relearned on the concept's never-trained holdout facts; a Result when there are too few."""
+        opts: RelearningConfig = ctx.opts
+        post, data, bs, seed = ctx.pair.post, opts.data, ctx.config.batch_size, ctx.config.seed
+        holdout = list(ctx.concept.holdout)
+        if data == "related":  # the post model after the same fine-tuning, on facts it never knew
+            h_train, h_held = [], list(range(len(holdout)))
+        else:
+            h_train, h_held = split_items(holdout, seed, opts.test_size)
+        if (data == "forget" and len(h_train) < 2) or len(h_held) < 2:
+            return inconclusive(self.name, "no floor model and too few holdout items (never-trained facts) to "
+                                           "measure what relearning recovers for facts that were never known")
+        h_items = [holdout[i] for i in h_held]
+        if data == "related":
+            h_tuned, h_curve = tuned, []  # its curve would need another fine-tuning run
+        else:
+            h_tuned, h_curve = relearn(post, [holdout[i] for i in h_train], eval_items=h_items, **kw)
+        floor_values = correct(h_tuned, h_items, batch_size=bs)
+        floor_base = correct(post, h_items, batch_size=bs)
+        floor_known = np.ones(len(h_items), dtype=bool)  # never-trained facts: any answer got right is relearned
+        floor_source = ("the post model after the same fine-tuning, on never-trained holdout facts" if data == "related"
+                        else "the post model fine-tuned the same way on never-trained holdout facts")
+        return floor_values, floor_base, floor_known, h_curve, floor_source
 
     def figures(self, measured, ctx) -> dict:
         return {"Relearning curve": curves_figure(measured.extra["steps"], measured.extra["curves"],
@@ -197,3 +210,11 @@ def _notes(opts: RelearningConfig, n_train: int, n_held: int, fit_acc: float) ->
     if fit_acc < 0.5:
         notes.append(f"the fine-tuning reached only {fit_acc:.0%} on its own items: raise 'steps' or 'lr'")
     return notes
+
+
+def _evidence(opts: RelearningConfig, summary: dict) -> str:
+    return (f"{opts.steps} fine-tuning steps on "
+            f"{'other forget facts' if opts.data == 'forget' else 'related facts'} bring held-out forget accuracy "
+            f"from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_relearned']:.2f} (pre "
+            f"{summary['held_out_acc_pre']:.2f}; floor after the same fine-tuning "
+            f"{summary['held_out_acc_floor_relearned']:.2f})")

@@ -4,11 +4,12 @@ Representation-Level Analysis of Machine Unlearning")."""
 
 from __future__ import annotations
 
-from typing import ContextManager, Literal, Sequence
+from functools import partial
+from typing import Callable, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from palimpsest.capture import EncodedBatch, intervene, n_layers, run_and_capture
@@ -83,6 +84,66 @@ def select(grids: dict[str, np.ndarray], train: list[int]) -> tuple[str, int]:
                key=lambda ma: grids[ma[0]][ma[1], train].mean())
 
 
+def best_restored(grids: dict[str, np.ndarray], train: list[int]) -> Bool[np.ndarray, " items"]:
+    """Per-item correctness at the `select`ed (mode, alpha)."""
+    mode, a_idx = select(grids, train)
+    return grids[mode][a_idx]
+
+
+def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
+                     restored_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
+    return {
+        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
+        "held_out_acc_restored": float(restored_ok.mean()),
+        "held_out_acc_random_control": float(random_hits.mean()),
+        "restoration_rate": restoration_rate(pre_ok, post_ok, restored_ok),
+    }
+
+
+def site_shift(acts, site: str, h_pre: Float[Tensor, "n d"]) -> float:
+    """|mean (post - pre) stream at `site`| / |h_pre| on the forget prompts."""
+    return relative_shift((acts.get("post", site, "forget", "last") - h_pre).mean(0), h_pre)
+
+
+def floor_restoration(floor, restored_grids: Callable[..., dict[str, np.ndarray]], items: list, train: list[int],
+                      held: list[int], random_hits: Float[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
+                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out floor values, the floor's unattacked correctness): the same restoration of the floor model, or
+    without one the random-feature control on the post model."""
+    if floor is None:
+        return random_hits, post_ok
+    values = best_restored(restored_grids(floor, items), train)[held]
+    return values, correct(floor, [items[i] for i in held], batch_size=batch_size)
+
+
+def restoration_curves(grids: dict[str, np.ndarray], retain_curve: dict[str, np.ndarray],
+                       held: list[int]) -> dict[str, np.ndarray]:
+    curves = {f"post, {m}": g[:, held].mean(-1) for m, g in grids.items()}
+    curves.update({f"post retain, {m}": v for m, v in retain_curve.items()})
+    return curves
+
+
+def floor_source(has_floor: bool, n_random_draws: int) -> str:
+    if has_floor:
+        return "the same restoration of the floor model"
+    return f"random SAE features of matched firing frequency ({n_random_draws} draws)"
+
+
+def unshifted_site_reason(site: str, shift: float) -> str:
+    """Why restoring at `site` tests nothing ("" when the post model's stream there did move)."""
+    if shift < MIN_RELATIVE_SHIFT:
+        return (f"the post model's stream at {site} equals the pre model's (|shift|/|h| = {shift:.1e}): the "
+                "change is downstream of the SAE site, so restoring features there tests nothing")
+    return ""
+
+
+def restoration_evidence(summary: dict, n_features: int) -> str:
+    return (f"restoring {n_features} SAE expert features ({summary['mode']}, alpha {summary['alpha']:g}) brings "
+            f"held-out forget accuracy from {summary['held_out_acc_post']:.2f} to "
+            f"{summary['held_out_acc_restored']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random features "
+            f"{summary['held_out_acc_random_control']:.2f})")
+
+
 class SAERestorationConfig(AnalyserConfig):
     alphas: tuple[float, ...] = DEFAULT_ALPHAS  # restoration strengths swept (0, no edit, is always added)
     modes: tuple[Literal["inject", "add"], ...] = MODES  # inject: toward the pre model's codes; add: + alpha z_expert
@@ -129,18 +190,13 @@ class SAERestoration(Analyser):
         pre, post, floor = pair.pre, pair.post, pair.floor
         items = list(concept.forget)
         train, held = split_items(items, config.seed, opts.test_size)
-        if (few := too_few(self.name, len(train), len(held), config)) is not None:
-            return few
-        if not concept.retain and not concept.neighbours:
-            return inconclusive(self.name, "the concept has no retain or neighbour items: its SAE features cannot be "
-                                           "told apart from features that fire on everything")
+        if (refusal := self._unmeasurable_concept(concept, len(train), len(held), config)) is not None:
+            return refusal
         sae, quality = ctx.saes.get(site)
         summary: dict = {"site": site, "alphas": list(alphas), "modes": list(modes),
                          "sae_explained_variance": quality.get("explained_variance")}
-        if quality["explained_variance"] < opts.min_explained_variance:
-            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
-                                           f"at {site} (< min_explained_variance={opts.min_explained_variance})",
-                                summary=summary)
+        if (weak := self._weak_sae(quality, site, opts.min_explained_variance, summary)) is not None:
+            return weak
         feats = concept_features(sae, pre, site, concept, config.sae)
         summary["expert_features"] = list(feats.indices)
         if not len(feats):
@@ -148,56 +204,52 @@ class SAERestoration(Analyser):
                                 summary=summary)
         z_expert = torch.tensor(feats.mean_forget, dtype=torch.float32)
         h_pre = acts.get("pre", site, "forget", "last")
-        shift = relative_shift((acts.get("post", site, "forget", "last") - h_pre).mean(0), h_pre)
-        summary["relative_shift_at_site"] = shift
+        summary["relative_shift_at_site"] = shift = site_shift(acts, site, h_pre)
         ceiling = correct(pre, items, batch_size=config.batch_size)
         post_plain = correct(post, items, batch_size=config.batch_size)
-        grids = alpha_grid(post, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
+        restored_grids = partial(alpha_grid, alphas=alphas, sae=sae, site=site, features=feats.indices, modes=modes,
+                                 pre=pre, z_expert=z_expert, rows=rows)
+        grids = restored_grids(post, items)
         mode, a_idx = select(grids, train)
         post_att = grids[mode][a_idx]
         random_att = random_restoration(post, items, alphas, sae, site, feats.indices, modes, pre, h_pre, train, rows,
                                         opts.n_random_draws, config.seed)
-        if floor is not None:
-            f_grids = alpha_grid(floor, items, alphas, sae, site, feats.indices, modes, pre, z_expert, rows)
-            f_mode, f_idx = select(f_grids, train)
-            floor_values = f_grids[f_mode][f_idx][held]
-            floor_source = "the same restoration of the floor model"
-            floor_base = correct(floor, [items[i] for i in held], batch_size=config.batch_size)
-        else:
-            floor_values, floor_base = random_att[held], post_plain[held]
-            floor_source = f"random SAE features of matched firing frequency ({opts.n_random_draws} draws)"
-        retain_curve = {m: sweep_rows(post, list(concept.retain), alphas, restoring_context(
-            post, sae, site, feats.indices, m, source=pre, z_expert=z_expert), batch_size=rows).mean(-1)
-            for m in modes} if concept.retain else {}
+        floor_values, floor_base = floor_restoration(floor, restored_grids, items, train, held, random_att[held],
+                                                     post_plain[held], config.batch_size)
+        retain_curve = ({m: g.mean(-1) for m, g in restored_grids(post, list(concept.retain)).items()}
+                        if concept.retain else {})
         table = alpha_table(alphas, modes, grids, retain_curve, ceiling[held], post_plain[held], held)
-        summary.update({
-            "n_train": len(train), "n_held_out": len(held), "mode": mode, "alpha": alphas[a_idx],
-            "n_expert_features": len(feats),
-            "held_out_acc_pre": float(ceiling[held].mean()), "held_out_acc_post": float(post_plain[held].mean()),
-            "held_out_acc_restored": float(post_att[held].mean()),
-            "held_out_acc_random_control": float(random_att[held].mean()),
-            "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
-            "retain_acc_at_alpha": float(retain_curve[mode][a_idx]) if mode in retain_curve else None,
-        })
-        curves = {f"post, {m}": grids[m][:, held].mean(-1) for m in modes}
-        curves.update({f"post retain, {m}": v for m, v in retain_curve.items()})
+        summary.update({"n_train": len(train), "n_held_out": len(held), "mode": mode, "alpha": alphas[a_idx],
+                        "n_expert_features": len(feats),
+                        **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
+                        "retain_acc_at_alpha": float(retain_curve[mode][a_idx]) if mode in retain_curve else None})
+        curves = restoration_curves(grids, retain_curve, held)
         return calibrated_result(self, RateMeasurement(
             post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base, floor_source=floor_source, summary=summary,
+            floor_base=floor_base, floor_source=floor_source(floor is not None, opts.n_random_draws), summary=summary,
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                restored=post_att[held], random=random_att[held], floor=floor_values),
             tables={"alpha_sweep": table},
             notes=[f"{len(feats)} expert features at {site}; mode and alpha chosen on {len(train)} fitting items, "
                    f"scored on {len(held)} held-out items (split by fact); {opts.n_random_draws} frequency-matched "
                    "random draws"],
-            evidence=(f"restoring {len(feats)} SAE expert features ({mode}, alpha {alphas[a_idx]:g}) brings held-out "
-                      f"forget accuracy from {summary['held_out_acc_post']:.2f} to "
-                      f"{summary['held_out_acc_restored']:.2f} (pre {summary['held_out_acc_pre']:.2f}, random features "
-                      f"{summary['held_out_acc_random_control']:.2f})"),
-            blocked=(f"the post model's stream at {site} equals the pre model's (|shift|/|h| = {shift:.1e}): the "
-                     "change is downstream of the SAE site, so restoring features there tests nothing"
-                     if shift < MIN_RELATIVE_SHIFT else ""),
+            evidence=restoration_evidence(summary, len(feats)), blocked=unshifted_site_reason(site, shift),
             extra={"alphas": alphas, "curves": curves}), ctx)
+
+    def _unmeasurable_concept(self, concept, n_train: int, n_held: int, config) -> Result | None:
+        if (few := too_few(self.name, n_train, n_held, config)) is not None:
+            return few
+        if not concept.retain and not concept.neighbours:
+            return inconclusive(self.name, "the concept has no retain or neighbour items: its SAE features cannot be "
+                                           "told apart from features that fire on everything")
+        return None
+
+    def _weak_sae(self, quality: dict, site: str, min_explained_variance: float, summary: dict) -> Result | None:
+        if quality["explained_variance"] < min_explained_variance:
+            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
+                                           f"at {site} (< min_explained_variance={min_explained_variance})",
+                                summary=summary)
+        return None
 
     def figures(self, measured, ctx) -> dict:
         return {"Restoration vs alpha": curves_figure(list(measured.extra["alphas"]), measured.extra["curves"],
@@ -215,8 +267,7 @@ def random_restoration(post, items, alphas, sae, site: str, features: Sequence[i
     for draw in frequency_matched(freq, list(features), n_draws, seed):
         z_rand = codes[:, draw].mean(0).cpu().clamp(min=0)
         grids = alpha_grid(post, items, alphas, sae, site, draw, modes, pre, z_rand, rows)
-        r_mode, r_idx = select(grids, train)
-        hits.append(grids[r_mode][r_idx])
+        hits.append(best_restored(grids, train))
     return np.mean(hits, axis=0)
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from palimpsest.capture import resid_post_sites
@@ -72,6 +72,76 @@ def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], str
     return int(layer), int(s_index), grid[layer, s_index], grid
 
 
+def forget_shifts(acts, model: str, sites: list[str], pre_acts: list[Float[Tensor, "n d"]],
+                  train: list[int]) -> list[Float[Tensor, " d"]]:
+    """Per layer, `model`'s mean shift from the pre model on the fitting forget items."""
+    return [mean_shift(acts.get(model, site, "forget", "last"), h_pre, train)
+            for site, h_pre in zip(sites, pre_acts, strict=True)]
+
+
+def best_setting(grid: Float[np.ndarray, "layers strengths items"], train: list[int]) -> Float[np.ndarray, " items"]:
+    """The per-item values at the (layer, strength) with the best mean on `train`."""
+    layer, s_index = np.unravel_index(int(np.argmax(grid[:, :, train].mean(-1))), grid.shape[:2])
+    return grid[layer, s_index]
+
+
+def reproduction_rate(pre, items, site: str, shift: Float[Tensor, " d"], strength: float,
+                      pre_ok: Bool[np.ndarray, " held"], held: list[int], batch_size: int) -> float | None:
+    """Share of the held-out items the pre model gets right that adding the shift (at `strength`, 1 for 0) makes it
+    get wrong."""
+    reproduced = sweep(pre, items, site, shift, [strength or 1.0], batch_size=batch_size)[0]
+    return float((~reproduced[held][pre_ok]).mean()) if pre_ok.any() else None
+
+
+def add_held_out_accuracy(table: list[dict], post_grid: Bool[np.ndarray, "layers strengths items"],
+                          random_grid: Float[np.ndarray, "layers strengths items"], held: list[int]) -> None:
+    """Add each layer's best held-out accuracy (over strengths) of the steered and the random attack to `table`."""
+    for l_index, row in enumerate(table):
+        row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
+        row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
+
+
+def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
+                     steered_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
+    return {
+        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
+        "held_out_acc_steered": float(steered_ok.mean()),
+        "held_out_acc_random_control": float(random_hits.mean()),
+        "restoration_rate": restoration_rate(pre_ok, post_ok, steered_ok),
+        "restoration_rate_random": restoration_rate(pre_ok, post_ok, random_hits >= 0.5),
+    }
+
+
+def floor_source(has_floor: bool) -> str:
+    if has_floor:
+        return "the same steering of the floor model (its own shift vector)"
+    return "a random direction of equal norm (best layer and strength)"
+
+
+def fit_note(n_train: int, n_held: int, n_layers: int, n_strengths: int, n_random: int) -> str:
+    return (f"shift vectors from {n_train} forget items, evaluated on {n_held} held-out items (split by "
+            f"fact); best of {n_layers} layers x {n_strengths} strengths chosen on the fitting half; "
+            f"{n_random} random-direction draws")
+
+
+def steering_evidence(summary: dict) -> str:
+    return (f"subtracting the layer-{summary['layer']} shift vector (x{summary['strength']:g}) brings held-out forget "
+            f"accuracy from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_steered']:.2f} "
+            f"(pre {summary['held_out_acc_pre']:.2f}, random direction "
+            f"{summary['held_out_acc_random_control']:.2f})")
+
+
+def steering_curves(layer: int, held: list[int], post_grid: Bool[np.ndarray, "layers strengths items"],
+                    random_grid: Float[np.ndarray, "layers strengths items"],
+                    floor_grid: Bool[np.ndarray, "layers strengths items"] | None) -> dict[str, np.ndarray]:
+    """Held-out accuracy against strength at `layer`, per attack."""
+    curves = {"post - s x shift": post_grid[layer][:, held].mean(-1),
+              "post - random (same norm)": random_grid[layer][:, held].mean(-1)}
+    if floor_grid is not None:
+        curves["floor - s x its shift"] = floor_grid[layer][:, held].mean(-1)
+    return curves
+
+
 class ShiftVectorsConfig(AnalyserConfig):
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS  # steering strengths s swept (0, no edit, is always added)
     n_random: int = 2  # random-direction draws of equal norm (the chance control)
@@ -114,76 +184,64 @@ class ShiftVectors(Analyser):
         sets = [s for s in ("forget", "neighbours", "retain") if concept.items(s)]
         table = shift_table(acts, "post", sites, sets)
         pre_acts = [acts.get("pre", site, "forget", "last") for site in sites]
-        shifts = [mean_shift(acts.get("post", site, "forget", "last"), h_pre, train)
-                  for site, h_pre in zip(sites, pre_acts, strict=True)]
+        shifts = forget_shifts(acts, "post", sites, pre_acts, train)
         rel = [relative_shift(s, h) for s, h in zip(shifts, pre_acts, strict=True)]
         for row, value in zip(table, rel, strict=True):
             row["relative_shift_forget_train"] = value
         if max(rel) < MIN_RELATIVE_SHIFT:
-            return inconclusive(self.name, f"the post model's residual stream does not differ from the pre model's at "
-                                           f"any layer on the forget prompts (largest |shift|/|h| = {max(rel):.1e}): the "
-                                           "change is after the last block (e.g. in the output layer), which residual "
-                                           "steering cannot test", tables={"per_layer": table},
-                                summary={"relative_shift_max": max(rel)})
+            return self._unshifted(rel, table)
         ceiling = correct(pre, items, batch_size=config.batch_size)
         post_plain = correct(post, items, batch_size=config.batch_size)
         neg = [-s for s in shifts]
         layer, s_idx, post_att, post_grid = steer_and_select(post, items, sites, neg, strengths, train, rows_per_batch)
         random_grid = random_steering(post, items, sites, neg, strengths, train, rows_per_batch, opts.n_random,
                                       config.seed)  # [layers, strengths, items], per-item hit share
-        r_layer, r_s = np.unravel_index(int(np.argmax(random_grid[:, :, train].mean(-1))), random_grid.shape[:2])
-        random_att = random_grid[r_layer, r_s]
+        random_att = best_setting(random_grid, train)
         # the other way: add the shift to the pre model at the chosen setting; does one vector reproduce the unlearning?
-        reproduced = sweep(pre, items, sites[layer], shifts[layer], [strengths[s_idx] or 1.0],
-                           batch_size=rows_per_batch)[0]
-        pre_right = ceiling[held]
-        reproduction = float((~reproduced[held][pre_right]).mean()) if pre_right.any() else None
-        floor_grid = None
+        reproduction = reproduction_rate(pre, items, sites[layer], shifts[layer], strengths[s_idx], ceiling[held], held,
+                                         rows_per_batch)
+        floor_values, floor_base, floor_grid = random_att[held], post_plain[held], None
         if floor is not None:
-            floor_shifts = [-mean_shift(acts.get("floor", site, "forget", "last"), h_pre, train)
-                            for site, h_pre in zip(sites, pre_acts, strict=True)]
-            _, _, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
-                                                           rows_per_batch)
-            floor_values, floor_source = floor_att[held], "the same steering of the floor model (its own shift vector)"
-            floor_base = correct(floor, [items[i] for i in held], batch_size=config.batch_size)
-        else:
-            floor_values, floor_source = random_att[held], "a random direction of equal norm (best layer and strength)"
-            floor_base = post_plain[held]
-        for l_index, row in enumerate(table):
-            row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
-            row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
+            floor_values, floor_base, floor_grid = self._floor_steering(ctx, items, sites, pre_acts, strengths, train,
+                                                                        held)
+        add_held_out_accuracy(table, post_grid, random_grid, held)
         summary = {
             "n_train": len(train), "n_held_out": len(held), "layer": layer, "site": sites[layer],
             "strength": strengths[s_idx], "strengths": list(strengths),
-            "held_out_acc_pre": float(ceiling[held].mean()), "held_out_acc_post": float(post_plain[held].mean()),
-            "held_out_acc_steered": float(post_att[held].mean()),
-            "held_out_acc_random_control": float(random_att[held].mean()),
-            "restoration_rate": restoration_rate(ceiling[held], post_plain[held], post_att[held]),
-            "restoration_rate_random": restoration_rate(ceiling[held], post_plain[held], random_att[held] >= 0.5),
-            "reproduction_rate": reproduction,
-            "relative_shift_max": max(rel),
+            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
+            "reproduction_rate": reproduction, "relative_shift_max": max(rel),
             "cosine_forget_retain": table[layer].get("cosine_forget_retain"),
         }
         if floor_grid is not None:
             summary["held_out_acc_floor_steered"] = float(floor_values.mean())
-        curves = {"post - s x shift": post_grid[layer][:, held].mean(-1),
-                  "post - random (same norm)": random_grid[layer][:, held].mean(-1)}
-        if floor_grid is not None:
-            curves["floor - s x its shift"] = floor_grid[layer][:, held].mean(-1)
         return calibrated_result(self, RateMeasurement(
             post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
-            floor_base=floor_base, floor_source=floor_source, summary=summary,
+            floor_base=floor_base, floor_source=floor_source(floor is not None), summary=summary,
             per_item=item_rows([items[i] for i in held], pre=ceiling[held], post=post_plain[held],
                                steered=post_att[held], random=random_att[held], floor=floor_values),
             tables={"per_layer": table},
-            notes=[f"shift vectors from {len(train)} forget items, evaluated on {len(held)} held-out items (split by "
-                   f"fact); best of {len(sites)} layers x {len(strengths)} strengths chosen on the fitting half; "
-                   f"{opts.n_random} random-direction draws"],
-            evidence=(f"subtracting the layer-{layer} shift vector (x{strengths[s_idx]:g}) brings held-out forget "
-                      f"accuracy from {summary['held_out_acc_post']:.2f} to {summary['held_out_acc_steered']:.2f} "
-                      f"(pre {summary['held_out_acc_pre']:.2f}, random direction "
-                      f"{summary['held_out_acc_random_control']:.2f})"),
-            extra={"sets": sets, "layer": layer, "strengths": strengths, "curves": curves}), ctx)
+            notes=[fit_note(len(train), len(held), len(sites), len(strengths), opts.n_random)],
+            evidence=steering_evidence(summary),
+            extra={"sets": sets, "layer": layer, "strengths": strengths,
+                   "curves": steering_curves(layer, held, post_grid, random_grid, floor_grid)}), ctx)
+
+    def _floor_steering(self, ctx, items: list, sites: list[str], pre_acts: list[Float[Tensor, "n d"]],
+                        strengths: Sequence[float], train: list[int], held: list[int]):
+        """(held-out values, unattacked held-out correctness, [layers, strengths, items] grid) of the floor model
+        steered by its own shift vectors."""
+        floor = ctx.pair.floor
+        floor_shifts = [-s for s in forget_shifts(ctx.acts, "floor", sites, pre_acts, train)]
+        _, _, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
+                                                       ctx.opts.batch_rows)
+        floor_base = correct(floor, [items[i] for i in held], batch_size=ctx.config.batch_size)
+        return floor_att[held], floor_base, floor_grid
+
+    def _unshifted(self, rel: list[float], table: list[dict]) -> Result:
+        return inconclusive(self.name, f"the post model's residual stream does not differ from the pre model's at "
+                                       f"any layer on the forget prompts (largest |shift|/|h| = {max(rel):.1e}): the "
+                                       "change is after the last block (e.g. in the output layer), which residual "
+                                       "steering cannot test", tables={"per_layer": table},
+                            summary={"relative_shift_max": max(rel)})
 
     def figures(self, measured, ctx) -> dict:
         x = measured.extra

@@ -21,7 +21,7 @@ import copy
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -307,6 +307,32 @@ def _restored_correct(model, x, site, layer_sae, features, z_u, z_o, alpha, back
                                      backend=backend), target)
 
 
+def _site_restoration(ctx, site: str, layer_sae, experts: Int[Tensor, " k"], models: list[str], alphas: tuple[float, ...],
+                      gen: torch.Generator, rows: list[dict]) -> dict:
+    """At `site`: per (model, alpha) the forget-class correctness with the expert features restored, and per
+    (model, "random") with as many random alive features restored at RESTORE_ALPHA; appends the sweep rows."""
+    acts, pair, alpha = ctx.acts, ctx.pair, RESTORE_ALPHA
+    x, target = acts.images("forget"), pair.forget_class
+    z_o = layer_sae.encode(acts.get("pre", site, "forget"))
+    expert_set = set(experts.tolist())
+    randoms = _random_like([i for i in (z_o > 0).any(0).nonzero().flatten().tolist() if i not in expert_set],
+                           experts, gen)
+    per_alpha = {}
+    for m in models:
+        model = pair.models()[m].model
+        z_u = layer_sae.encode(acts.get(m, site, "forget"))
+        for a in alphas:
+            values = _restored_correct(model, x, site, layer_sae, experts, z_u, z_o, a, acts.backend, target)
+            per_alpha[(m, a)] = values
+            rows.append({"layer": layer_of(site), "site": site, "model": m, "alpha": a, "features": "experts",
+                         "forget_acc": float(values.mean())})
+        rand = _restored_correct(model, x, site, layer_sae, randoms, z_u, z_o, alpha, acts.backend, target)
+        per_alpha[(m, "random")] = rand
+        rows.append({"layer": layer_of(site), "site": site, "model": m, "alpha": alpha, "features": "random",
+                     "forget_acc": float(rand.mean())})
+    return per_alpha
+
+
 def sae_restoration(analyser, ctx) -> Measurement | Result:
     """At each SAE site, move the post model's expert-feature codes of the forget images toward the pre model's,
     write them back (nnsight) and read the forget-class accuracy; alpha is swept, random features are the control;
@@ -324,7 +350,6 @@ def sae_restoration(analyser, ctx) -> Measurement | Result:
         return inconclusive(analyser.name, "the post model's activations at every SAE layer equal the pre model's: the "
                             "change is downstream, so restoring features there cannot act (see probes, CKA)",
                             kind=analyser.kind)
-    x, target = acts.images("forget"), pair.forget_class
     models = _present(ctx, ("post", "floor"))
     gen = torch.Generator().manual_seed(ctx.config.seed)
     rows, best = [], None
@@ -332,23 +357,7 @@ def sae_restoration(analyser, ctx) -> Measurement | Result:
         layer_sae, experts, _score = ctx.saes.get(site)
         if len(experts) == 0:
             continue
-        z_o = layer_sae.encode(acts.get("pre", site, "forget"))
-        expert_set = set(experts.tolist())
-        randoms = _random_like([i for i in (z_o > 0).any(0).nonzero().flatten().tolist() if i not in expert_set],
-                               experts, gen)
-        per_alpha = {}
-        for m in models:
-            model = pair.models()[m].model
-            z_u = layer_sae.encode(acts.get(m, site, "forget"))
-            for a in alphas:
-                values = _restored_correct(model, x, site, layer_sae, experts, z_u, z_o, a, acts.backend, target)
-                per_alpha[(m, a)] = values
-                rows.append({"layer": layer_of(site), "site": site, "model": m, "alpha": a, "features": "experts",
-                             "forget_acc": float(values.mean())})
-            rand = _restored_correct(model, x, site, layer_sae, randoms, z_u, z_o, alpha, acts.backend, target)
-            per_alpha[(m, "random")] = rand
-            rows.append({"layer": layer_of(site), "site": site, "model": m, "alpha": alpha, "features": "random",
-                         "forget_acc": float(rand.mean())})
+        per_alpha = _site_restoration(ctx, site, layer_sae, experts, models, alphas, gen, rows)
         score = float(per_alpha[("post", alpha)].mean())
         if best is None or score > best[0]:
             best = (score, site, per_alpha)
@@ -356,7 +365,7 @@ def sae_restoration(analyser, ctx) -> Measurement | Result:
         return inconclusive(analyser.name, "no SAE feature is specific to the forget class at any layer",
                             kind=analyser.kind)
     _, site, per_alpha = best
-    pre_correct = correct(logits_of(pair.pre.model, x), target)
+    pre_correct = correct(logits_of(pair.pre.model, acts.images("forget")), pair.forget_class)
     summary = {"best_site": site, "alpha": alpha, "alphas": list(alphas),
                "restored_acc_post": float(per_alpha[("post", alpha)].mean()),
                "random_feature_restored_acc_post": float(per_alpha[("post", "random")].mean()),
