@@ -151,6 +151,8 @@ class AuditConfig(BaseModel):
     seed: int = 0
     device: str = "cpu"
     batch_size: int = 32
+    # how activations are captured (text models; image models: nnsight or torch); interventions (steering,
+    # restoration, ablation) edit the HF modules with torch hooks whichever backend captures
     backend: Literal["transformer_lens", "nnsight", "torch"] = "torch"
     n_bootstrap: int = 1000
     ci_level: float = 0.95

@@ -37,6 +37,15 @@ def test_one_world_end_to_end(tmp_path):
     again = run_validation(tmp_path / "v", worlds=[0], forget_sets=1, controls=("oracle", "suppress", "pre"),
                            config=FAST, workers=1)
     assert [c["verdict"] for c in again["cases"]] == [c["verdict"] for c in report["cases"]]
+    # ... but only cases audited by the same code and config: another config audits them again
+    from palimpsest.validate.cases import Case
+    from palimpsest.validate.runner import _finished, audited_by
+
+    case = Case(0, 0, "suppress")
+    assert _finished(tmp_path / "v", case, audited_by(FAST)) is not None
+    other = FAST.model_copy(update={"options": {"probes": FAST.opts("probes").model_copy(update={"C": 0.5})}})
+    assert audited_by(other)["config"] != audited_by(FAST)["config"]
+    assert _finished(tmp_path / "v", case, audited_by(other)) is None
 
 
 def _tensors(model) -> dict[str, torch.Tensor]:

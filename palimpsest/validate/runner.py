@@ -13,6 +13,7 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Callable
 
+from palimpsest.io import atomic_write_text
 from palimpsest.validate.cases import CONTROLS, Case, forget_people, gated_truth, population
 
 Progress = Callable[..., None]  # (message, units of work finished)
@@ -94,7 +95,24 @@ def audit_case(world: int, forget_set: int, control: str, cache: str, config_jso
                    AuditConfig.model_validate_json(config_json))
     folder = Path(out_dir) / "cases" / case.case_id
     write_audit(result, folder)
+    atomic_write_text(folder / AUDITED_BY, json.dumps(audited_by(result.config)))
     return outcome_of(case, result).model_dump_json()
+
+
+AUDITED_BY = "audited_by.json"
+
+
+def audited_by(config) -> dict:
+    """What a case's audit depends on besides the case itself: the resolved config and palimpsest's source code."""
+    import hashlib
+
+    import palimpsest
+
+    digest = hashlib.blake2b(digest_size=12)
+    for path in sorted(Path(palimpsest.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    config_text = json.dumps(config.resolved(), sort_keys=True, default=str)
+    return {"code": digest.hexdigest(), "config": hashlib.blake2b(config_text.encode(), digest_size=12).hexdigest()}
 
 
 def outcome_of(case: Case, result):
@@ -108,14 +126,17 @@ def outcome_of(case: Case, result):
                        collateral=result.collateral, report=f"cases/{case.case_id}/report.html", residues=residues)
 
 
-def _finished(out_dir: Path, case: Case):
-    """The AuditResult of a case already audited in `out_dir` (None when missing or unreadable)."""
+def _finished(out_dir: Path, case: Case, expected: dict | None = None):
+    """The AuditResult of a case already audited in `out_dir` by the same code and config (`expected`, from
+    `audited_by`); None when missing, unreadable, or audited by other code or another config."""
     from palimpsest.audit.runner import AuditResult
 
     path = out_dir / "cases" / case.case_id / "results.json"
     if not (path.is_file() and (path.parent / "metrics.json").is_file()):
         return None
     try:
+        if expected is not None and json.loads((path.parent / AUDITED_BY).read_text(encoding="utf-8")) != expected:
+            return None
         return AuditResult.load(path)
     except (OSError, ValueError):
         return None
@@ -142,8 +163,9 @@ def run_validation(out_dir: str | Path, *, worlds: int | list[int] = 4, forget_s
     workers = workers or max(1, min(len(cases), os.cpu_count() or 1))
     build_setups(cases, str(cache), workers, step)
     results = {}
+    expected = audited_by(config)  # an earlier run's case is reused only when the same code and config audited it
     for case in cases:
-        done = _finished(out_dir, case)
+        done = _finished(out_dir, case, expected)
         if done is not None:
             results[case.case_id] = done
             step(f"{case.case_id}: {done.verdict} (from an earlier run)", 1)
