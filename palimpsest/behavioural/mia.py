@@ -72,6 +72,19 @@ def attack_scores(stats: list[dict[str, np.ndarray]], texts: list[str], k: float
     }
 
 
+def privleak(auc_unlearned: float, auc_retrain: float) -> float:
+    """PrivLeak as MUSE defines it (Shi et al. 2024, "MUSE", Sec. 3: (AUC_unlearn - AUC_retrain) / AUC_retrain, in %),
+    where MUSE's AUC is 1 - the usual members-vs-non-members AUC (retrained ~0.5, still memorising ~0): strongly
+    negative = under-unlearned (members still stand out), positive = over-unlearned, 0 = like the retrained model."""
+    muse_unlearned, muse_retrain = 1.0 - auc_unlearned, 1.0 - auc_retrain
+    return float((muse_unlearned - muse_retrain) / muse_retrain * 100.0)
+
+
+def auc_gain_over_floor(auc_unlearned: float, auc_retrain: float) -> float:
+    """palimpsest's own variant (not PrivLeak): the usual AUC's relative excess over the floor model's, a fraction."""
+    return float((auc_unlearned - auc_retrain) / auc_retrain)
+
+
 def pairwise_wins(members: Float[np.ndarray, " m"], nonmembers: Float[np.ndarray, " h"]) -> Float[np.ndarray, "m h"]:
     """1 where the member scores higher, 0.5 on ties: the mean over any rows/columns is that sample's AUC."""
     diff = members[:, None] - nonmembers[None, :]
@@ -113,7 +126,8 @@ class MembershipInference(Analyser):
         "entropy), Min-K% (mean of the lowest k% token log-probs) and Min-K%++ (the same on log-probs standardised "
         "by the model's own next-token distribution); each gives an AUC (0.5 = indistinguishable). With a floor "
         "(oracle) model the residue is the calibrated AUC of the chosen attack, (AUC_post − AUC_floor) / (AUC_pre − "
-        "AUC_floor), and PrivLeak = (AUC_post − AUC_floor) / AUC_floor per attack; without one the AUCs are info only "
+        "AUC_floor), and PrivLeak per attack as MUSE defines it (in %, on MUSE's AUC = 1 − this AUC: strongly negative = "
+        "members still stand out, under-unlearned; 0 = like the floor model); without one the AUCs are info only "
         "(holdout items need not be distributed like the forget items on a real model)."
     )
     Config = MIAConfig
@@ -149,8 +163,10 @@ class MembershipInference(Analyser):
             result.notes.append("no floor model: AUCs are reported, not calibrated (0.5 is chance only when the "
                                 "holdout items are distributed like the forget items)")
         else:
-            summary["privleak"] = {a: (aucs["post"][a] - aucs["floor"][a]) / aucs["floor"][a] for a in ATTACKS}
-            summary["privleak_pre"] = {a: (aucs["pre"][a] - aucs["floor"][a]) / aucs["floor"][a] for a in ATTACKS}
+            summary["privleak"] = {a: privleak(aucs["post"][a], aucs["floor"][a]) for a in ATTACKS}
+            summary["privleak_pre"] = {a: privleak(aucs["pre"][a], aucs["floor"][a]) for a in ATTACKS}
+            summary["auc_gain_over_floor"] = {a: auc_gain_over_floor(aucs["post"][a], aucs["floor"][a])
+                                              for a in ATTACKS}
             post, floor, ceiling = aucs["post"][attack], aucs["floor"][attack], aucs["pre"][attack]
             residue = calibrate_value(post, floor, ceiling, min_gap)
             fields = dict(floor=floor, ceiling=ceiling, post=post, floor_source="floor model (oracle) AUC", **common)
@@ -168,7 +184,7 @@ class MembershipInference(Analyser):
                                        seed=config.seed, min_gap=min_gap)
                 result = Result(name=self.name, kind="residue", residue=residue, ci=ci, **fields,
                                 evidence=(f"{attack} membership AUC {ceiling:.2f} (pre) -> {post:.2f} (post), floor "
-                                          f"{floor:.2f}; PrivLeak {summary['privleak'][attack]:+.2f}"))
+                                          f"{floor:.2f}; PrivLeak {summary['privleak'][attack]:+.1f}%"))
         for title, figure in self.figures(aucs, ctx).items():
             result.add_figure(title, figure)
         return result
