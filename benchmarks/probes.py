@@ -66,9 +66,10 @@ def measure(pair, concept, label: str) -> dict:
     import torch
 
     import palimpsest.probes  # noqa: F401
+    from palimpsest.audit.runner import run_one
     from palimpsest.capture import Activations, resid_post_sites
     from palimpsest.probes.data import TEST_SETS, TRAIN_SETS
-    from palimpsest.types import REGISTRY, AuditConfig
+    from palimpsest.types import AuditConfig
 
     config = AuditConfig(n_bootstrap=200)
     sets = [s for s in (*TRAIN_SETS, *TEST_SETS) if concept.items(s)]
@@ -83,7 +84,7 @@ def measure(pair, concept, label: str) -> dict:
                     acts.get(model, site, s, position)  # one pass reads every layer's residual stream
 
     def whole() -> None:
-        REGISTRY["probes"].run(pair, concept, Activations.for_pair(pair, concept), config)
+        run_one("probes", pair, concept, Activations.for_pair(pair, concept), config)
 
     capture_only()  # warm up
     t0 = time.perf_counter()
