@@ -116,14 +116,12 @@ class Analyser:
             measured, figures = self.measure(ctx), self.figures
         if isinstance(measured, Result):
             return measured
-        assert isinstance(measured, Measurement)
+        if not isinstance(measured, Measurement):
+            raise TypeError(f"{self.name}.measure returned {type(measured).__name__}, not a Measurement or Result")
         result = finalize(self, measured, ctx)
         for title, figure in figures(measured, ctx).items():
             result.add_figure(title, figure)
         return result
-
-    def measure(self, ctx):
-        raise NotImplementedError(f"{type(self).__name__} implements neither measure() nor run()")
 
     def figures(self, measured, ctx) -> dict:
         return {}
@@ -137,6 +135,8 @@ def register(cls: type) -> type:
     instance = cls()
     if not instance.name or not issubclass(instance.Config, AnalyserConfig):
         raise TypeError(f"{cls.__name__} needs a name and a Config subclassing AnalyserConfig")
+    if not callable(getattr(cls, "measure", None)) and cls.run is Analyser.run:
+        raise TypeError(f"{cls.__name__} implements neither measure() nor run()")
     if instance.name in REGISTRY and type(REGISTRY[instance.name]).__qualname__ != cls.__qualname__:
         raise ValueError(f"analyser name {instance.name!r} registered twice")
     REGISTRY[instance.name] = instance

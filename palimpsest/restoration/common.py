@@ -164,6 +164,19 @@ def rate_result(name: str, m: RateMeasurement, config: AuditConfig, kind: str = 
     return result
 
 
+def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
+                     attacked_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"], *,
+                     attacked: str) -> dict:
+    """Held-out accuracies of pre, post, post under the attack (key `held_out_acc_<attacked>`) and the random
+    control, and the restoration rate of the attack."""
+    return {
+        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
+        f"held_out_acc_{attacked}": float(attacked_ok.mean()),
+        "held_out_acc_random_control": float(random_hits.mean()),
+        "restoration_rate": restoration_rate(pre_ok, post_ok, attacked_ok),
+    }
+
+
 def too_few(name: str, n_train: int, n_eval: int, config: AuditConfig) -> Result | None:
     if n_train + n_eval < config.min_items or n_train < 2 or n_eval < 2:
         return inconclusive(name, f"too few forget items to split into a fitting half and a held-out half "

@@ -18,9 +18,9 @@ from palimpsest.restoration.common import (
     calibrated_result,
     correct,
     edited,
+    held_out_summary,
     item_rows,
     relative_shift,
-    restoration_rate,
     split_items,
     too_few,
 )
@@ -88,16 +88,6 @@ def direction_items(pre_ok: Bool[np.ndarray, " n"], post_ok: Bool[np.ndarray, " 
         return sel, []
     return train, [f"only {len(sel)} fitting items are forgotten (pre right, post wrong): directions from all "
                    f"{len(train)} fitting items"]
-
-
-def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
-                     ablated_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
-    return {
-        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
-        "held_out_acc_ablated": float(ablated_ok.mean()),
-        "held_out_acc_random_control": float(random_hits.mean()),
-        "restoration_rate": restoration_rate(pre_ok, post_ok, ablated_ok),
-    }
 
 
 def variant_table(scores: dict[Variant, Bool[np.ndarray, " n"]], train: list[int], held: list[int]) -> list[dict]:
@@ -175,7 +165,8 @@ class DirectionAblation(Analyser):
         summary = {
             "n_train": len(train), "n_held_out": len(held), "n_direction_items": len(sel),
             "variant": f"{variant[0]}@{variant[1]}",
-            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
+            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held],
+                                         attacked="ablated"),
             "relative_shift_max": max(rel),
         }
         if floor is not None:

@@ -18,6 +18,7 @@ from palimpsest.restoration.common import (
     RateMeasurement,
     calibrated_result,
     correct,
+    held_out_summary,
     item_rows,
     relative_shift,
     restoration_rate,
@@ -88,16 +89,6 @@ def best_restored(grids: dict[str, np.ndarray], train: list[int]) -> Bool[np.nda
     """Per-item correctness at the `select`ed (mode, alpha)."""
     mode, a_idx = select(grids, train)
     return grids[mode][a_idx]
-
-
-def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
-                     restored_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
-    return {
-        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
-        "held_out_acc_restored": float(restored_ok.mean()),
-        "held_out_acc_random_control": float(random_hits.mean()),
-        "restoration_rate": restoration_rate(pre_ok, post_ok, restored_ok),
-    }
 
 
 def site_shift(acts, site: str, h_pre: Float[Tensor, "n d"]) -> float:
@@ -221,7 +212,8 @@ class SAERestoration(Analyser):
         table = alpha_table(alphas, modes, grids, retain_curve, ceiling[held], post_plain[held], held)
         summary.update({"n_train": len(train), "n_held_out": len(held), "mode": mode, "alpha": alphas[a_idx],
                         "n_expert_features": len(feats),
-                        **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
+                        **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held],
+                                         attacked="restored"),
                         "retain_acc_at_alpha": float(retain_curve[mode][a_idx]) if mode in retain_curve else None})
         curves = restoration_curves(grids, retain_curve, held)
         return calibrated_result(self, RateMeasurement(

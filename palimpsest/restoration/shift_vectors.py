@@ -16,6 +16,7 @@ from palimpsest.restoration.common import (
     RateMeasurement,
     calibrated_result,
     correct,
+    held_out_summary,
     item_rows,
     random_like,
     relative_shift,
@@ -99,17 +100,6 @@ def add_held_out_accuracy(table: list[dict], post_grid: Bool[np.ndarray, "layers
     for l_index, row in enumerate(table):
         row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
         row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
-
-
-def held_out_summary(pre_ok: Bool[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
-                     steered_ok: Bool[np.ndarray, " held"], random_hits: Float[np.ndarray, " held"]) -> dict:
-    return {
-        "held_out_acc_pre": float(pre_ok.mean()), "held_out_acc_post": float(post_ok.mean()),
-        "held_out_acc_steered": float(steered_ok.mean()),
-        "held_out_acc_random_control": float(random_hits.mean()),
-        "restoration_rate": restoration_rate(pre_ok, post_ok, steered_ok),
-        "restoration_rate_random": restoration_rate(pre_ok, post_ok, random_hits >= 0.5),
-    }
 
 
 def floor_source(has_floor: bool) -> str:
@@ -208,7 +198,8 @@ class ShiftVectors(Analyser):
         summary = {
             "n_train": len(train), "n_held_out": len(held), "layer": layer, "site": sites[layer],
             "strength": strengths[s_idx], "strengths": list(strengths),
-            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held]),
+            **held_out_summary(ceiling[held], post_plain[held], post_att[held], random_att[held], attacked="steered"),
+            "restoration_rate_random": restoration_rate(ceiling[held], post_plain[held], random_att[held] >= 0.5),
             "reproduction_rate": reproduction, "relative_shift_max": max(rel),
             "cosine_forget_retain": table[layer].get("cosine_forget_retain"),
         }
