@@ -12,7 +12,7 @@ from palimpsest.types import AuditConfig
 from palimpsest.vision.capture import ImageActivations
 from palimpsest.vision.concept import digits_concept
 from palimpsest.vision.data import Digits
-from palimpsest.vision.measures import RESIDUE_MEASURES, VISION_DEFAULTS
+from palimpsest.vision.measures import VISION_DEFAULTS
 from palimpsest.vision.organism import VisionPair
 
 ProgressFn = Callable[[str, int, int], None]
@@ -21,35 +21,11 @@ ProgressFn = Callable[[str, int, int], None]
 VISION_SAE = {"expansion": 2, "k": 8, "epochs": 15, "n_experts": 8}
 
 
-def _vision_options() -> dict:
-    """VISION_DEFAULTS for the fields the analysers' Configs have, where they differ from the Config's default."""
-    from palimpsest.audit.registry import load_analysers
-
-    try:
-        analysers = load_analysers()
-    except Exception:  # noqa: BLE001 — a registry mid-conversion: the measures fall back to VISION_DEFAULTS
-        return {}
-    out: dict = {}
-    for name, values in VISION_DEFAULTS.items():
-        if name not in analysers:
-            continue
-        config_cls = analysers[name].Config
-        fields = {k: v for k, v in values.items()
-                  if k in config_cls.model_fields and config_cls.model_fields[k].default != v}
-        if fields:
-            out[name] = fields
-    return out
-
-
 def image_residue_analysers() -> list[str]:
-    """The residue analysers that run on images (the vision measures, until the analysers declare the modality)."""
+    """The residue analysers that run on images."""
     from palimpsest.audit.registry import load_analysers
 
-    try:
-        declared = [name for name, a in load_analysers("image").items() if a.kind == "residue"]
-    except Exception:  # noqa: BLE001 — a registry mid-conversion
-        declared = []
-    return declared or list(RESIDUE_MEASURES)
+    return [name for name, a in load_analysers("image").items() if a.kind == "residue"]
 
 
 def vision_config(**overrides) -> AuditConfig:
@@ -59,16 +35,14 @@ def vision_config(**overrides) -> AuditConfig:
     the image audit has fewer and no population of its own yet, so `deleted` here needs every image residue analysis
     to conclude (metrics.json then says the thresholds are not the validated ones)."""
     seed = overrides.get("seed", 0)
-    options = _vision_options()
+    options = {name: dict(values) for name, values in VISION_DEFAULTS.items()}
     for name, values in dict(overrides.pop("options", {}) or {}).items():
         if hasattr(values, "model_dump"):
             values = values.model_dump(exclude_unset=True)
         options[name] = {**options.get(name, {}), **dict(values)}
     defaults = {"backend": "nnsight", "n_bootstrap": 500, "min_residue_analyses": len(image_residue_analysers()),
                 "sae": SAEConfig(**VISION_SAE, seed=seed)}
-    if options:  # (an empty mapping would still make AuditConfig load the registry to check it)
-        defaults["options"] = options
-    return AuditConfig(**{**defaults, **overrides})
+    return AuditConfig(**{**defaults, "options": options, **overrides})
 
 
 def vision_context(pair: VisionPair, data: Digits, config: AuditConfig | None = None, *,
