@@ -52,9 +52,11 @@ def main() -> None:
           f"fitted {report['fit']['values']}; held-out accuracy {accuracy} on {held['n']} cases")
     by_truth = {t: row["accuracy"] for t, row in held["by_truth"].items()}
     aucs = {name: row.get("auc") for name, row in report["analyser_auc"].items()}
+    standard = {name: row.get("auc") for name, row in report.get("standard_metric_auc", {}).items()}
     print(result_line("validity", round(accuracy, 4), f">= {TARGET}", accuracy >= TARGET and false_deleted == 0,
                       false_deleted=false_deleted, false_suppressed=report["fitted_all"]["summary"]["false_suppressed"],
                       cases=overall["n_cases"], scored=overall["n"], by_truth=by_truth, analyser_auc=aucs,
+                      standard_metric_auc=standard,
                       run_config_accuracy=overall["accuracy"], seconds=round(seconds, 1)))
 
 

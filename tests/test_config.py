@@ -88,7 +88,7 @@ def test_config_show_loads_back_equal_to_the_default(tmp_path):
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert set(shown["options"]) >= {"behaviour", "depth", "mia", "memorization", "pca_shift"}
-    assert shown["options"]["mia"] == {"attack": "loss", "k": 0.2, "min_gap": 0.1}
+    assert shown["options"]["mia"] == {"attack": "loss", "k": 0.4, "p": 2, "text": "full", "min_gap": 0.1}
     path = _write(tmp_path / "shown.yaml", result.output)
     assert load_config(path) == AuditConfig()
     assert load_config(path).resolved() == AuditConfig().resolved()
@@ -100,7 +100,8 @@ def test_config_show_resolves_a_file_and_the_dump_round_trips(tmp_path):
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["seed"] == 3 and shown["options"]["mia"]["attack"] == "zlib" and shown["sae"]["k"] == 4
-    assert shown["options"]["depth"] == {"span": "prompt", "min_delta": 0.05, "cap": "floor"}
+    assert shown["options"]["depth"] == {"span": "answer", "tau": 0.05, "score": "capped", "min_delta": 0.05,
+                                        "cap": "floor"}
     config = load_config(path)
     again = load_config(_write(tmp_path / "again.yaml", dump_config(config)))
     assert again == config and again.opts("mia").attack == "zlib"
@@ -145,9 +146,9 @@ def test_a_config_file_changes_the_verdict_of_the_suppress_control(suppress_path
     base = {"analysers": ["depth", "mia"], "n_bootstrap": 200, "options": {"mia": {"attack": "loss", "k": 0.3}}}
     default = _audit(suppress_paths, tmp_path / "default", _write(tmp_path / "default.yaml", base))
     assert default["verdict"] == "suppressed", default["reasons"]
-    assert default["config"]["options"]["mia"] == {"attack": "loss", "k": 0.3, "min_gap": 0.1}
+    assert default["config"]["options"]["mia"] == {"attack": "loss", "k": 0.3, "p": 2, "text": "full", "min_gap": 0.1}
     assert default["analyses"]["mia"]["k"] == 0.3  # the option reached the analyser
-    assert default["config"]["options"]["depth"]["span"] == "prompt"  # every analyser's defaults are recorded
+    assert default["config"]["options"]["depth"]["span"] == "answer"  # every analyser's defaults are recorded
 
     strict = _audit(suppress_paths, tmp_path / "strict",
                     _write(tmp_path / "strict.yaml", {**base, "suppressed_min_analyses": 3}))

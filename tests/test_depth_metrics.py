@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from palimpsest.behavioural.depth import UnlearningDepth, bootstrap_depth, depth_score
+from palimpsest.behavioural.depth import UnlearningDepth, bootstrap_depth_capped, depth_capped_score
 from palimpsest.behavioural.memorization import Memorization, exact_memorization, extraction_strength
 from palimpsest.behavioural.mia import MembershipInference, MIAConfig, pairwise_wins
 from palimpsest.behavioural.pca_shift import PCAShift, weight_changes
@@ -36,22 +36,24 @@ def test_extraction_strength_counts_the_predicted_suffix():
     assert exact_memorization(np.array([True, True, False, True])) == pytest.approx(0.75)
 
 
-def test_depth_score_follows_the_uds_formula():
+def test_depth_capped_is_one_ratio_of_averaged_drops():
+    """palimpsest's variant (not UDS; see test_uds_reference.py): one weighted ratio over layer vectors."""
     d1 = np.array([0.01, 1.0, 2.0, 3.0])  # layer 0 is below min_delta and does not count
-    assert depth_score(d1, d1, 0.05) == pytest.approx(1.0)
-    assert depth_score(d1, np.zeros(4), 0.05) == pytest.approx(0.0)
-    assert depth_score(d1, np.array([5.0, 0.5, 4.0, -1.0]), 0.05) == pytest.approx((0.5 + 2.0 + 0.0) / 6.0)
-    assert depth_score(np.full(4, 0.01), np.ones(4), 0.05) is None
+    assert depth_capped_score(d1, d1, 0.05) == pytest.approx(1.0)
+    assert depth_capped_score(d1, np.zeros(4), 0.05) == pytest.approx(0.0)
+    assert depth_capped_score(d1, np.array([5.0, 0.5, 4.0, -1.0]), 0.05) == pytest.approx((0.5 + 2.0 + 0.0) / 6.0)
+    assert depth_capped_score(np.full(4, 0.01), np.ones(4), 0.05) is None
 
 
-def test_depth_bootstrap_matches_the_hand_written_percentile_interval():
+def test_depth_capped_bootstrap_matches_the_hand_written_percentile_interval():
     """stats.bootstrap_ci draws the same resamples the former vectorised depth bootstrap drew: same interval."""
     rng = np.random.default_rng(3)
     d1, d2 = rng.gamma(2.0, 0.5, (9, 4)), rng.gamma(1.0, 0.5, (9, 4))
     idx = np.random.default_rng(7).integers(0, 9, (300, 9))
-    scores = [depth_score(a, b, 0.05) for a, b in zip(d1[idx].mean(1), d2[idx].mean(1), strict=True)]
+    scores = [depth_capped_score(a, b, 0.05) for a, b in zip(d1[idx].mean(1), d2[idx].mean(1), strict=True)]
     expected = np.quantile([s for s in scores if s is not None], [0.025, 0.975])
-    assert bootstrap_depth(d1, d2, 0.05, n_bootstrap=300, ci_level=0.95, seed=7) == pytest.approx(tuple(expected))
+    assert bootstrap_depth_capped(d1, d2, 0.05, n_bootstrap=300, ci_level=0.95, seed=7) == pytest.approx(
+        tuple(expected))
 
 
 def test_independent_bootstrap_drops_undefined_replicates_and_resamples_two_samples():
@@ -207,9 +209,14 @@ def test_depth_is_zero_for_suppress(organism_pair_suppress, organism_concept):
 
 
 def test_depth_calls_the_independent_oracle_deep(organism_pair_oracle, organism_concept):
-    result = _run(UnlearningDepth(), organism_pair_oracle, organism_concept)
-    assert result.status == "ok"
+    """The default residue (depth_capped) calls the independently retrained oracle deep. The published UDS is
+    reported beside it and reads the same pair shallower: measured UDS 0.68 (residue 0.32, CI 0.25-0.39) against
+    depth_capped 0.89 (residue 0.107), because per-example ratios count the basis mismatch between two retrains as
+    retained knowledge, which the floor cap removes. Bounds: residue < 0.3 (margin 0.19); UDS > 0.5 (margin 0.18)."""
+    result = run(UnlearningDepth(), organism_pair_oracle, organism_concept)
+    assert result.status == "ok" and result.summary["score"] == "capped"
     assert result.residue < CONFIG.deleted_max_residue + 0.1
+    assert result.summary["uds"] > 0.5 and result.summary["uds"] < result.summary["depth_capped"]
 
 
 def test_mia_separates_members_on_pre_and_not_on_the_oracle(organism_pair_oracle, organism_pair_suppress,

@@ -290,3 +290,20 @@ def test_validation_page_flags_training_numbers():
               "fit": {"values": {}, "criterion": "c", "train_worlds": [0]}, "analyser_auc": {},
               "cases": [c.model_dump() for c in cases], "kernels": "", "seconds": 1.0, "config": {}}
     assert "Not held out" in render_validation(report, "t")
+
+
+def test_standard_metric_auc_reads_each_metric_the_way_the_field_does():
+    """PrivLeak is read "lower = less forgotten" (strongly negative = under-unlearned): suppressed cases at -90 and
+    -80 vs deleted at +5 and -2 separate perfectly, AUC 1; jaccard_top200 is read "higher = less forgotten": the
+    same values in the other direction give AUC 0 (the reading points the wrong way); missing values are left out."""
+    from palimpsest.validate.scoring import standard_metric_auc
+
+    def case(i, truth, privleak, jaccard):
+        return outcome(f"{truth}{i}", truth, truth, standard={"privleak.loss": privleak, "jaccard_top200": jaccard})
+
+    cases = [case(0, "suppressed", -90.0, 0.1), case(1, "suppressed", -80.0, 0.2),
+             case(2, "deleted", 5.0, 0.9), case(3, "deleted", -2.0, 0.8), case(4, "deleted", None, None)]
+    result = standard_metric_auc(cases, n_bootstrap=50)
+    assert result["privleak.loss"]["auc"] == 1.0 and result["privleak.loss"]["less_forgotten"] == "lower"
+    assert result["jaccard_top200"]["auc"] == 0.0 and result["jaccard_top200"]["n_deleted"] == 2
+    assert result["uds"]["auc"] is None and "needs at least 2" in result["uds"]["reason"]

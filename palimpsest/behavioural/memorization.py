@@ -3,12 +3,16 @@ forget quality (KS test of the truth-ratio distribution against the floor/oracle
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Bool, Float
+from pydantic import Field
 from scipy.stats import ks_2samp
 
 from palimpsest.audit.finalize import Measurement
+from palimpsest.behavioural.utility import EPSILON, model_utility, truth_ratio_true_better, utility_components
 from palimpsest.capture import score_answers
 from palimpsest.stats import bootstrap_mean_ci
 from palimpsest.types import Analyser, AnalyserConfig, Result, register
@@ -17,7 +21,12 @@ SETS = ("forget", "retain")
 
 
 class MemorizationConfig(AnalyserConfig):
-    """No options: the metrics are open-unlearning's, scored on the concept's forget and retain items."""
+    """The metrics are open-unlearning's, scored on the concept's forget and retain items (and neighbours for
+    model utility)."""
+
+    # greedy answer length for model utility's ROUGE-L (open-unlearning's generation_args.max_new_tokens)
+    max_new_tokens: int = Field(200, ge=1)
+    utility: bool = True  # compute model utility (it generates an answer per retain-side item and model)
 
 
 def exact_memorization(top1: Bool[np.ndarray, " answer"]) -> float:
@@ -26,7 +35,9 @@ def exact_memorization(top1: Bool[np.ndarray, " answer"]) -> float:
 
 
 def extraction_strength(top1: Bool[np.ndarray, " answer"]) -> float:
-    """1 − k*/|y|, k* the first position from which every remaining answer token is the top prediction."""
+    """1 − k*/|y|, k* the first position from which every remaining answer token is the top prediction (Wang et
+    al. 2025, "Towards Effective Evaluations and Comparisons for LLM Unlearning Methods"; open-unlearning's loop
+    stops at |y| − 1 and so gives 1/|y|, not 0, when not even the last token is predicted: this follows the paper)."""
     top1 = np.asarray(top1, dtype=bool)
     if len(top1) == 0:
         return float("nan")
@@ -35,14 +46,24 @@ def extraction_strength(top1: Bool[np.ndarray, " answer"]) -> float:
     return 1.0 - k_star / len(top1)
 
 
-def truth_ratios(model, tokenizer, items, batch_size: int) -> tuple[Float[np.ndarray, " n"], list[int], bool]:
-    """Per item with perturbed answers: R = mean_k P(perturbed_k)^(1/|y_k|) / P(paraphrased)^(1/|y|).
+@dataclass(frozen=True)
+class TruthRatios:
+    """Per item with perturbed answers, R = P(perturbed) / P(paraphrased), two ways (see `truth_ratios`)."""
 
-    Returns (R, indices of the items used, whether any item lacked a paraphrased answer and used its answer).
-    """
+    geometric: Float[np.ndarray, " used"]  # open-unlearning / TOFU code: exp(−mean_k L_k) / (exp(−L_para) + 1e-10)
+    arithmetic: Float[np.ndarray, " used"]  # TOFU paper's formula: mean_k P(perturbed_k)^(1/|y_k|) / P(para)^(1/|y|)
+    used: list[int]  # indices of the items with perturbed answers
+    fell_back: bool  # some item had no paraphrased answer and used its own answer
+
+
+def truth_ratios(model, tokenizer, items, batch_size: int) -> TruthRatios:
+    """Truth ratios of the items that have perturbed answers. The standard one is open-unlearning's `truth_ratio`
+    (TOFU's code): the geometric mean over perturbed answers of their length-normalised probability exp(−L_k), L the
+    mean answer-token NLL, over exp(−L_paraphrased) + 1e-10. The arithmetic mean of the same probabilities (the TOFU
+    paper's equation) is palimpsest's variant, reported beside it."""
     used = [i for i, it in enumerate(items) if it.perturbed_answers]
     if not used:
-        return np.zeros(0), [], False
+        return TruthRatios(np.zeros(0), np.zeros(0), [], False)
     chosen = [items[i] for i in used]
     fell_back = any(it.paraphrased_answer is None for it in chosen)
     true_answers = [it.paraphrased_answer or it.answer for it in chosen]
@@ -50,42 +71,55 @@ def truth_ratios(model, tokenizer, items, batch_size: int) -> tuple[Float[np.nda
     flat_items = [it for it in chosen for _ in it.perturbed_answers]
     owner = np.array([j for j, it in enumerate(chosen) for _ in it.perturbed_answers])
     wrong_lp = score_answers(model, tokenizer, flat_items, answers=[a for it in chosen for a in it.perturbed_answers],
-                             batch_size=batch_size).mean_logprob
-    wrong_prob = np.bincount(owner, weights=np.exp(wrong_lp), minlength=len(chosen)) / np.bincount(owner)
-    return wrong_prob / np.exp(true_lp), used, fell_back
+                             batch_size=batch_size).mean_logprob.astype(np.float64)
+    counts = np.bincount(owner, minlength=len(chosen))
+    true_prob = np.exp(true_lp.astype(np.float64))
+    geometric = np.exp(np.bincount(owner, weights=wrong_lp, minlength=len(chosen)) / counts) / (true_prob + EPSILON)
+    arithmetic = np.bincount(owner, weights=np.exp(wrong_lp), minlength=len(chosen)) / counts / true_prob
+    return TruthRatios(geometric, arithmetic, used, fell_back)
+
+
+def truth_ratio_statistic(item_set: str, ratios: Float[np.ndarray, " used"]) -> float:
+    """open-unlearning's aggregation: forget `closer_to_1_better` = mean min(R, 1/(R + 1e-10)); other sets
+    `true_better` = mean max(0, 1 − R)."""
+    if item_set == "forget":
+        return float(np.mean(np.minimum(ratios, 1.0 / (ratios + EPSILON))))
+    return truth_ratio_true_better(ratios)
 
 
 def item_scores(loaded, items, batch_size: int) -> tuple[Float[np.ndarray, " n"], Float[np.ndarray, " n"],
-                                                        Float[np.ndarray, " used"], list[int], bool]:
+                                                        TruthRatios]:
     """Per item: exact memorization and extraction strength; and the truth ratios (see `truth_ratios`)."""
     scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size)
     em = np.array([exact_memorization(t) for t in scores.token_top1])
     ext = np.array([extraction_strength(t) for t in scores.token_top1])
-    ratios, used, fell_back = truth_ratios(loaded.model, loaded.tokenizer, items, batch_size)
-    return em, ext, ratios, used, fell_back
+    return em, ext, truth_ratios(loaded.model, loaded.tokenizer, items, batch_size)
 
 
 def set_row(item_set: str, model_name: str, em: Float[np.ndarray, " n"], ext: Float[np.ndarray, " n"],
-            ratios: Float[np.ndarray, " used"]) -> dict:
-    """The per_set table row: mean scores, the truth ratio as open-unlearning reports it (where there are any)."""
+            ratios: TruthRatios) -> dict:
+    """The per_set table row: mean scores, the truth ratio as open-unlearning aggregates it (where there are any),
+    and palimpsest's arithmetic variant beside it."""
     row = {"set": item_set, "model": model_name, "n": len(em), "exact_memorization": float(em.mean()),
            "extraction_strength": float(ext.mean())}
-    if len(ratios):
-        stat = np.minimum(ratios, 1 / ratios) if item_set == "forget" else np.maximum(0, 1 - ratios)
-        row["truth_ratio"] = float(stat.mean())
+    if len(ratios.used):
+        row["truth_ratio"] = truth_ratio_statistic(item_set, ratios.geometric)
+        row["truth_ratio_arithmetic"] = truth_ratio_statistic(item_set, ratios.arithmetic)
     return row
 
 
 def add_item_scores(per_item: list[dict], items, model_name: str, em: Float[np.ndarray, " n"],
-                    ext: Float[np.ndarray, " n"], ratios: Float[np.ndarray, " used"], used: list[int]) -> None:
+                    ext: Float[np.ndarray, " n"], ratios: TruthRatios) -> None:
     """Add `model_name`'s rounded scores to the per-item rows (created on the first model, pre)."""
     for i, it in enumerate(items):
         if model_name == "pre":
             per_item.append({"index": i, "prompt": it.prompt, "answer": it.answer})
         per_item[i][f"em_{model_name}"] = round(float(em[i]), 4)
         per_item[i][f"es_{model_name}"] = round(float(ext[i]), 4)
-        if i in used:
-            per_item[i][f"truth_ratio_{model_name}"] = round(float(ratios[used.index(i)]), 4)
+        if i in ratios.used:
+            j = ratios.used.index(i)
+            per_item[i][f"truth_ratio_{model_name}"] = round(float(ratios.geometric[j]), 4)
+            per_item[i][f"truth_ratio_arithmetic_{model_name}"] = round(float(ratios.arithmetic[j]), 4)
 
 
 def _figure(rows: list[dict]) -> go.Figure:
@@ -100,6 +134,19 @@ def _figure(rows: list[dict]) -> go.Figure:
     return fig
 
 
+def forget_quality_summary(tr: dict, floor: bool) -> dict:
+    """TOFU's forget quality: the KS-test p-value of the post model's forget truth ratios against the floor
+    (retain) model's (open-unlearning `ks_test` on `forget_truth_ratio`); the arithmetic variant beside it."""
+    if not floor or len(tr.get(("forget", "floor"), TruthRatios(np.zeros(0), np.zeros(0), [], False)).used) < 2:
+        return {}
+    out = {}
+    for model_name, suffix in (("post", ""), ("pre", "_pre")):
+        mine, ref = tr[("forget", model_name)], tr[("forget", "floor")]
+        out[f"forget_quality{suffix}"] = float(ks_2samp(mine.geometric, ref.geometric).pvalue)
+        out[f"forget_quality_arithmetic{suffix}"] = float(ks_2samp(mine.arithmetic, ref.arithmetic).pvalue)
+    return out
+
+
 @register
 class Memorization(Analyser):
     name = "memorization"
@@ -109,9 +156,11 @@ class Memorization(Analyser):
         "The behavioural metrics of open-unlearning, for forget and retain items under pre, post and the floor model: "
         "exact memorization (share of answer tokens that are the top prediction under teacher forcing), extraction "
         "strength (1 − k*/|y|, k* the first answer position from which every remaining token is predicted), the truth "
-        "ratio R = P(perturbed)/P(paraphrased) with per-token normalised probabilities (reported as min(R, 1/R) on "
-        "forget, max(0, 1 − R) on retain, as open-unlearning does), and forget quality: the KS-test p-value of the "
-        "post model's forget truth ratios against the floor model's (high = indistinguishable from the oracle). The "
+        "ratio R = P(perturbed)/P(paraphrased) with per-token normalised probabilities, geometric mean over the "
+        "perturbed answers as open-unlearning computes it (reported as min(R, 1/R) on forget, max(0, 1 − R) on "
+        "retain; the paper's arithmetic mean beside it), forget quality: the KS-test p-value of the post model's "
+        "forget truth ratios against the floor model's (high = indistinguishable from the retain model), and model "
+        "utility: the harmonic mean of the retain-side probability, ROUGE-L recall and truth ratio (TOFU). The "
         "calibrated extraction strength (floor → 0, pre → 1) is shown as a residue but, being behaviour, is info only."
     )
     Config = MemorizationConfig
@@ -125,39 +174,43 @@ class Memorization(Analyser):
         tables: dict[str, list] = {"per_set": []}
         figure_rows, per_item = [], []
         es: dict[tuple[str, str], np.ndarray] = {}
-        tr: dict[tuple[str, str], np.ndarray] = {}
+        tr: dict[tuple[str, str], TruthRatios] = {}
         fell_back = False
         for item_set in SETS:
             items = list(concept.items(item_set))
             if not items:
                 continue
             for model_name, loaded in models.items():
-                em, ext, ratios, used, fb = item_scores(loaded, items, config.batch_size)
+                em, ext, ratios = item_scores(loaded, items, config.batch_size)
                 es[(item_set, model_name)], tr[(item_set, model_name)] = ext, ratios
-                fell_back |= fb
+                fell_back |= ratios.fell_back
                 row = set_row(item_set, model_name, em, ext, ratios)
                 summary[f"{item_set}_em_{model_name}"] = row["exact_memorization"]
                 summary[f"{item_set}_es_{model_name}"] = row["extraction_strength"]
-                if "truth_ratio" in row:
-                    summary[f"{item_set}_truth_ratio_{model_name}"] = row["truth_ratio"]
+                for key in ("truth_ratio", "truth_ratio_arithmetic"):
+                    if key in row:
+                        summary[f"{item_set}_{key}_{model_name}"] = row[key]
                 tables["per_set"].append(row)
                 figure_rows += [{"set": item_set, "model": model_name, "metric": m, "value": row[m]}
                                 for m in ("exact_memorization", "extraction_strength", "truth_ratio") if m in row]
                 if item_set == "forget":
-                    add_item_scores(per_item, items, model_name, em, ext, ratios, used)
+                    add_item_scores(per_item, items, model_name, em, ext, ratios)
         notes = []
         if fell_back:
             notes.append("items without a paraphrased answer use their own answer as the true answer of the truth ratio")
         floor = pair.floor is not None
-        if floor and len(tr.get(("forget", "floor"), [])) >= 2:
-            summary["forget_quality"] = float(ks_2samp(tr[("forget", "post")], tr[("forget", "floor")]).pvalue)
-            summary["forget_quality_pre"] = float(ks_2samp(tr[("forget", "pre")], tr[("forget", "floor")]).pvalue)
+        summary.update(forget_quality_summary(tr, floor))
+        if ctx.opts.utility:
+            summary.update(self._utility(ctx, tr, tables))
         summary["n_forget"] = len(concept.forget)
         lo, hi = bootstrap_mean_ci(es[("forget", "post")], n_bootstrap=config.n_bootstrap, seed=config.seed)
         summary["forget_es_post_ci"] = [lo, hi]
         if not floor:
             return self._uncalibrated(summary, tables, per_item, notes, figure_rows, ctx)
         fq = summary.get("forget_quality")
+        notes.append("truth ratio: open-unlearning's geometric mean over perturbed answers (keys truth_ratio_*); the "
+                     "TOFU paper's arithmetic mean is truth_ratio_arithmetic_*. Forget quality: KS-test p-value of the "
+                     "post model's forget truth ratios against the floor model's (TOFU; high = like the retain model)")
         return Measurement(
             post=es[("forget", "post")], floor=es[("forget", "floor")], ceiling=es[("forget", "pre")],
             floor_source="floor model (oracle) extraction strength", paired=True,
@@ -166,6 +219,28 @@ class Memorization(Analyser):
             degenerate="the pre model's extraction strength ({ceiling:.2f}) is not above the floor model's "
                        "({floor:.2f}): nothing to calibrate",
             summary=summary, tables=tables, per_item=per_item, notes=notes, extra={"rows": figure_rows})
+
+    def _utility(self, ctx, tr: dict, tables: dict) -> dict:
+        """Model utility per model (TOFU): harmonic mean of retain (probability, ROUGE-L, truth ratio) and
+        neighbour (normalised probability, ROUGE-L, truth ratio) scores."""
+        out: dict = {}
+        rows = []
+        for model_name, loaded in ctx.pair.models().items():
+            components: dict[str, float] = {}
+            for item_set, normalise in (("retain", False), ("neighbours", True)):
+                items = list(ctx.concept.items(item_set))
+                if not items:
+                    continue
+                ratios = tr.get((item_set, model_name))
+                if ratios is None:
+                    ratios = truth_ratios(loaded.model, loaded.tokenizer, items, ctx.config.batch_size)
+                components.update(utility_components(
+                    loaded, item_set, items, ratios.geometric, normalise=normalise,
+                    max_new_tokens=ctx.opts.max_new_tokens, batch_size=ctx.config.batch_size))
+            out[f"model_utility_{model_name}"] = model_utility(components)
+            rows.append({"model": model_name, "model_utility": out[f"model_utility_{model_name}"], **components})
+        tables["model_utility"] = rows
+        return out
 
     def _uncalibrated(self, summary: dict, tables: dict, per_item: list[dict], notes: list[str],
                       figure_rows: list[dict], ctx) -> Result:

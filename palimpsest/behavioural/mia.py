@@ -1,5 +1,6 @@
-"""Membership inference on forget (members) vs holdout (never-trained) items: LOSS, zlib, Min-K% and Min-K%++,
-scored on the full text (prompt + answer) as the MIA literature does; AUC per attack, PrivLeak against the oracle."""
+"""Membership inference on forget (members) vs holdout (never-trained) items: the attacks open-unlearning
+implements (LOSS, zlib, Min-K%, Min-K%++, gradient norm, reference model), each scored as its reference does, an AUC
+per attack, and PrivLeak against the floor (retain/oracle) model as MUSE defines it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
+from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
 from palimpsest.capture import encode
@@ -17,13 +19,17 @@ from palimpsest.capture.backends import forward_kwargs
 from palimpsest.stats import bootstrap_ci_independent, calibrate_value
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register, skipped
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
-Attack = Literal["loss", "zlib", "min_k", "min_k_plus_plus"]
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "grad_norm", "reference")
+Attack = Literal["loss", "zlib", "min_k", "min_k_plus_plus", "grad_norm", "reference"]
+VARIANCE_FLOOR = 1e-6  # open-unlearning's Min-K%++ clamps the next-token log-prob variance here
 
 
 class MIAConfig(AnalyserConfig):
     attack: Attack = "loss"  # the attack whose calibrated AUC is the residue (every attack's AUC is reported)
-    k: float = 0.2  # Min-K% and Min-K%++: the share of lowest-scoring tokens averaged
+    k: float = Field(0.4, gt=0.0, le=1.0)  # Min-K% and Min-K%++: share of lowest tokens (open-unlearning: 0.4)
+    p: Literal[1, 2, "inf"] = 2  # gradient-norm attack: the order of each parameter tensor's gradient norm
+    # tokens scored: prompt + answer (MUSE's privleak sets are raw text) or the answer only (TOFU's QA MIA sets)
+    text: Literal["full", "answer"] = "full"
     min_gap: float = 0.1  # the pre model's AUC must beat the floor model's by more than this
 
 
@@ -32,44 +38,99 @@ def full_text(item) -> str:
     return item.prompt + answer
 
 
-def token_statistics(model, tokenizer, texts: list[str], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Per text, per predicted token: log p(x_t | x_<t), and the mean and std of log p under the model's own
-    next-token distribution (what Min-K%++ normalises by)."""
+def scored_texts(items, text: str) -> tuple[list[str], list[str] | None]:
+    """(prompts, answers) to encode: the full text as one prompt, or the prompt with its answer scored."""
+    if text == "full":
+        return [full_text(it) for it in items], None
+    return [it.prompt for it in items], [it.answer for it in items]
+
+
+def token_statistics(model, tokenizer, prompts: list[str], answers: list[str] | None,
+                     batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Per text, per scored token: log p(x_t | x_<t), and the mean and std of log p under the model's own
+    next-token distribution (what Min-K%++ normalises by; variance clamped at 1e-6 as open-unlearning does).
+    Scored tokens: every token after the first (`answers` None) or the answer tokens."""
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        batch = encode(tokenizer, chunk).to(device)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        batch = encode(tokenizer, chunk, None if answers is None else answers[start:start + batch_size]).to(device)
         with torch.inference_mode():
             logp = torch.log_softmax(model(**forward_kwargs(batch)).logits.float(), dim=-1)[:, :-1]
         targets = batch.input_ids[:, 1:]
         token_lp = logp.gather(-1, targets[..., None]).squeeze(-1)
         probs = logp.exp()
         mu = (probs * logp).sum(-1)
-        sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
-        valid = batch.attention_mask[:, 1:].bool()
+        sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=VARIANCE_FLOOR).sqrt()
+        scored = (batch.attention_mask[:, 1:] if answers is None else batch.answer_mask()[:, :-1]).bool()
         for row in range(len(chunk)):
-            keep = valid[row]
+            keep = scored[row]
             out.append({"logp": token_lp[row, keep].double().cpu().numpy(), "mu": mu[row, keep].double().cpu().numpy(),
                         "sigma": sigma[row, keep].double().cpu().numpy()})
     return out
 
 
+def gradient_norms(model, tokenizer, prompts: list[str], answers: list[str] | None,
+                   p: int | str) -> Float[np.ndarray, " n"]:
+    """Per text (batch size 1, as the reference): the mean over parameter tensors of ‖∂L/∂θ‖_p, L the mean NLL of
+    the scored tokens (open-unlearning `GradNormAttack`). Eval mode (the reference switches to train mode, which
+    differs only where the model has dropout, making its score random); the model's weights and grads stay as found."""
+    order = float("inf") if p == "inf" else float(p)
+    params = list(model.parameters())
+    was_trainable = [q.requires_grad for q in params]
+    device = next(model.parameters()).device
+    norms = []
+    try:
+        for q in params:
+            q.requires_grad_(True)
+        for i, prompt in enumerate(prompts):
+            batch = encode(tokenizer, [prompt], None if answers is None else [answers[i]]).to(device)
+            with torch.enable_grad():
+                logp = torch.log_softmax(model(**forward_kwargs(batch)).logits.float(), dim=-1)[0, :-1]
+                token_lp = logp.gather(-1, batch.input_ids[0, 1:, None]).squeeze(-1)
+                scored = (batch.attention_mask[0, 1:] if answers is None else batch.answer_mask()[0, :-1]).bool()
+                loss = -token_lp[scored].mean()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            norms.append(float(torch.stack([g.detach().float().norm(p=order) for g in grads if g is not None]).mean()))
+    finally:
+        for q, trainable in zip(params, was_trainable):
+            q.requires_grad_(trainable)
+    return np.asarray(norms, dtype=np.float64)
+
+
+def kept_count(n_tokens: int, k: float) -> int:
+    """Tokens Min-K% averages: max(1, floor(k·n)), as open-unlearning's `MinKProbAttack` (`int(len · k)`)."""
+    return max(1, int(n_tokens * k))
+
+
 def _lowest_mean(values: np.ndarray, k: float) -> float:
-    n = max(1, int(np.ceil(k * len(values))))
-    return float(np.sort(values)[:n].mean())
+    if len(values) == 0:  # the reference scores a text without scored tokens 0
+        return 0.0
+    return float(np.sort(values)[:kept_count(len(values), k)].mean())
 
 
-def attack_scores(stats: list[dict[str, np.ndarray]], texts: list[str], k: float) -> dict[str, Float[np.ndarray, " n"]]:
-    """Membership scores, higher = more likely a training member, for every attack."""
-    loss = np.array([-s["logp"].mean() for s in stats])
+def attack_scores(stats: list[dict[str, np.ndarray]], texts: list[str], k: float, *,
+                  grad_norms: np.ndarray | None = None,
+                  reference_loss: np.ndarray | None = None) -> dict[str, Float[np.ndarray, " n"]]:
+    """Membership scores, higher = more likely a training member (the negation of open-unlearning's scores, which
+    are higher for non-members: the AUC with members as positives is the same number as its `mia_auc`)."""
+    loss = np.array([-s["logp"].mean() if len(s["logp"]) else 0.0 for s in stats])
     zlib_bytes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
-    return {
+    scores = {
         "loss": -loss,
         "zlib": -loss / zlib_bytes,
         "min_k": np.array([_lowest_mean(s["logp"], k) for s in stats]),
         "min_k_plus_plus": np.array([_lowest_mean((s["logp"] - s["mu"]) / s["sigma"], k) for s in stats]),
     }
+    if grad_norms is not None:
+        scores["grad_norm"] = -grad_norms
+    if reference_loss is not None:  # reference attack: target loss − reference loss, negated
+        scores["reference"] = reference_loss - loss
+    return scores
+
+
+def mean_loss(stats: list[dict[str, np.ndarray]]) -> Float[np.ndarray, " n"]:
+    return np.array([-s["logp"].mean() if len(s["logp"]) else 0.0 for s in stats])
 
 
 def privleak(auc_unlearned: float, auc_retrain: float) -> float:
@@ -77,7 +138,7 @@ def privleak(auc_unlearned: float, auc_retrain: float) -> float:
     where MUSE's AUC is 1 - the usual members-vs-non-members AUC (retrained ~0.5, still memorising ~0): strongly
     negative = under-unlearned (members still stand out), positive = over-unlearned, 0 = like the retrained model."""
     muse_unlearned, muse_retrain = 1.0 - auc_unlearned, 1.0 - auc_retrain
-    return float((muse_unlearned - muse_retrain) / muse_retrain * 100.0)
+    return float((muse_unlearned - muse_retrain) / (muse_retrain + 1e-10) * 100.0)  # open-unlearning's epsilon
 
 
 def auc_gain_over_floor(auc_unlearned: float, auc_retrain: float) -> float:
@@ -122,9 +183,11 @@ class MembershipInference(Analyser):
     title = "Membership inference (forget vs never-trained items)"
     description = (
         "Can an attacker still tell the forget items (members) from never-trained items of the same kind (the "
-        "concept's holdout set)? Four attacks score the full text (prompt + answer): LOSS, zlib (loss over zlib "
-        "entropy), Min-K% (mean of the lowest k% token log-probs) and Min-K%++ (the same on log-probs standardised "
-        "by the model's own next-token distribution); each gives an AUC (0.5 = indistinguishable). With a floor "
+        "concept's holdout set)? The attacks of open-unlearning score the full text (prompt + answer; option `text`): "
+        "LOSS, zlib (loss over zlib entropy), Min-K% (mean of the lowest k = 40% token log-probs), Min-K%++ (the same "
+        "on log-probs standardised by the model's own next-token distribution), gradient norm (mean p-norm of the "
+        "loss gradient over parameter tensors) and, with a floor model, reference (loss minus the floor model's "
+        "loss); each gives an AUC (0.5 = indistinguishable). With a floor "
         "(oracle) model the residue is the calibrated AUC of the chosen attack, (AUC_post − AUC_floor) / (AUC_pre − "
         "AUC_floor), and PrivLeak per attack as MUSE defines it (in %, on MUSE's AUC = 1 − this AUC: strongly negative = "
         "members still stand out, under-unlearned; 0 = like the floor model); without one the AUCs are info only "
@@ -132,7 +195,7 @@ class MembershipInference(Analyser):
     )
     Config = MIAConfig
     modalities = frozenset({"text"})
-    needs = frozenset()  # forward passes on the full texts; the floor is optional (without it: info only)
+    needs = frozenset({"gradients"})  # the gradient-norm attack; the floor is optional (without it: info only)
 
     def measure(self, ctx) -> Result:
         opts: MIAConfig = ctx.opts
@@ -141,32 +204,42 @@ class MembershipInference(Analyser):
         if not nonmembers:
             return skipped(self.name, "the concept has no holdout (never-trained) items to serve as non-members")
         k, attack, min_gap = opts.k, opts.attack, opts.min_gap
-        texts = [full_text(it) for it in members + nonmembers]
+        items = members + nonmembers
+        prompts, answers = scored_texts(items, opts.text)
+        texts = [full_text(it) if opts.text == "full" else it.answer for it in items]
         labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+        models = pair.models()
+        stats = {name: token_statistics(loaded.model, loaded.tokenizer, prompts, answers, config.batch_size)
+                 for name, loaded in models.items()}
+        reference_loss = mean_loss(stats["floor"]) if "floor" in stats else None
         aucs: dict[str, dict[str, float]] = {}
         scores_by_model = {}
-        for model_name, loaded in pair.models().items():
-            stats = token_statistics(loaded.model, loaded.tokenizer, texts, config.batch_size)
-            scores_by_model[model_name] = scores = attack_scores(stats, texts, k)
+        for model_name, loaded in models.items():
+            grads = gradient_norms(loaded.model, loaded.tokenizer, prompts, answers, opts.p)
+            scores_by_model[model_name] = scores = attack_scores(stats[model_name], texts, k, grad_norms=grads,
+                                                                 reference_loss=reference_loss)
             aucs[model_name] = {a: float(roc_auc_score(labels, s)) for a, s in scores.items()}
+        attacks = [a for a in ATTACKS if a in aucs["pre"]]
         summary: dict = {f"auc_{m}": dict(v) for m, v in aucs.items()}
-        summary.update({"attack": attack, "k": k, "n_members": len(members), "n_nonmembers": len(nonmembers)})
-        tables = {"auc": [{"attack": a, **{m: round(aucs[m][a], 4) for m in aucs}} for a in ATTACKS]}
+        summary.update({"attack": attack, "k": k, "p": opts.p, "text": opts.text, "n_members": len(members),
+                        "n_nonmembers": len(nonmembers)})
+        tables = {"auc": [{"attack": a, **{m: round(aucs[m][a], 4) for m in aucs}} for a in attacks]}
         per_item = [{"set": "forget" if i < len(members) else "holdout", "text": t,
-                     **{f"{a}_{m}": round(float(scores_by_model[m][a][i]), 4) for m in aucs for a in ATTACKS}}
+                     **{f"{a}_{m}": round(float(scores_by_model[m][a][i]), 4) for m in aucs for a in attacks}}
                     for i, t in enumerate(texts)]
         common = dict(summary=summary, tables=tables, per_item=per_item)
         if pair.floor is None:
+            shown = attack if attack in aucs["pre"] else "loss"  # the reference attack needs the floor model
             result = Result(name=self.name, kind="info", **common,
-                            evidence=f"{attack} AUC {aucs['pre'][attack]:.2f} (pre) -> {aucs['post'][attack]:.2f} "
+                            evidence=f"{shown} AUC {aucs['pre'][shown]:.2f} (pre) -> {aucs['post'][shown]:.2f} "
                                      "(post); no floor model, so not calibrated")
             result.notes.append("no floor model: AUCs are reported, not calibrated (0.5 is chance only when the "
                                 "holdout items are distributed like the forget items)")
         else:
-            summary["privleak"] = {a: privleak(aucs["post"][a], aucs["floor"][a]) for a in ATTACKS}
-            summary["privleak_pre"] = {a: privleak(aucs["pre"][a], aucs["floor"][a]) for a in ATTACKS}
+            summary["privleak"] = {a: privleak(aucs["post"][a], aucs["floor"][a]) for a in attacks}
+            summary["privleak_pre"] = {a: privleak(aucs["pre"][a], aucs["floor"][a]) for a in attacks}
             summary["auc_gain_over_floor"] = {a: auc_gain_over_floor(aucs["post"][a], aucs["floor"][a])
-                                              for a in ATTACKS}
+                                              for a in attacks}
             post, floor, ceiling = aucs["post"][attack], aucs["floor"][attack], aucs["pre"][attack]
             residue = calibrate_value(post, floor, ceiling, min_gap)
             fields = dict(floor=floor, ceiling=ceiling, post=post, floor_source="floor model (oracle) AUC", **common)

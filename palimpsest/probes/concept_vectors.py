@@ -10,6 +10,7 @@ import torch
 
 from palimpsest.audit.finalize import Measurement
 from palimpsest.probes.vectors import (
+    JACCARD_TOP_N,
     VocabStats,
     all_value_vectors,
     answer_log_odds,
@@ -17,6 +18,7 @@ from palimpsest.probes.vectors import (
     concept_token_ids,
     random_picks,
     top_token_ids,
+    unembed_projection,
     vocab_projection,
 )
 from palimpsest.stats import calibrate_value
@@ -66,8 +68,8 @@ def list_concept_vectors(model, concept, top_k: int = 10, *, n_tokens: int = 10,
                          noise_scale: float = 1.0, n_random: int = 3, seed: int = 0) -> list[dict]:
     """The concept's top value vectors in one model (a LoadedModel), each with its top tokens and causal effect.
 
-    causal_effect = drop of the forget answers' mean first-token log-odds when this one vector is ablated, minus the mean drop
-    for random vectors of the same layer (positive: the vector carries the concept's answers).
+    causal_effect = drop of the forget answers' mean first-token log-odds when this one vector is ablated, minus the
+    mean drop for random vectors of the same layer (positive: the vector carries the concept's answers).
     """
     token_ids = concept_token_ids(model.tokenizer, concept)
     if not token_ids:
@@ -100,7 +102,9 @@ class ConceptVectorsConfig(AnalyserConfig):
     noise_scale: float = 1.0  # ablation="noise": scale of the noise that replaces a vector
     n_random: int = 3  # random same-layer vector sets ablated for the causal baseline
     min_causal_effect: float = 0.05  # ablating the vectors must lower the pre model's log-odds by this beyond random
-    top_tokens: int | None = None  # Jaccard over this many top tokens (None: a tenth of the vocabulary, 10 to 200)
+    # jaccard_top_lens (palimpsest's variant) over this many top tokens (None: a tenth of the vocabulary, 10 to 200);
+    # jaccard_top200 (as published) always takes 200
+    top_tokens: int | None = None
     require_causal: bool = True  # scale the similarity residue by the share of the causal effect left on post
 
 
@@ -110,12 +114,15 @@ class ConceptVectors(Analyser):
     kind = "residue"
     title = "Concept vectors (parametric traces)"
     description = (
-        "The MLP value vectors (rows of each layer's output projection) are read through the unembedding; those "
+        "The MLP value vectors (rows of each layer's output projection) are read through the final norm module "
+        "and the unembedding; those "
         "whose projection most promotes the concept's answers and keywords are the concept vectors, confirmed "
         "causally on the pre model (ablating them lowers the forget answers' log-odds more than ablating "
         "random vectors of the same layers). Each is compared between pre and post as in ConceptVectors: cosine "
-        "similarity, distance, Jaccard overlap of the top vocabulary tokens, share of concept tokens kept, and the "
-        "causal effect of ablating it in the post model. Residue = the vectors' cosine similarity pre vs post, "
+        "similarity, distance, Jaccard overlap of the top 200 tokens of v·Eᵀ (each model's own unembedding, no "
+        "norm: jaccard_top200, as published) and, beside it, of the top tokens read through the final norm "
+        "(jaccard_top_lens), share of concept tokens kept, and the causal effect of ablating it in the post model. "
+        "Residue = the vectors' cosine similarity pre vs post, "
         "calibrated between the floor (the same vectors in the floor model, or random vectors of the post model) "
         "and 1, times the share of their causal effect on the forget answers that survives in the post model."
     )
@@ -154,13 +161,14 @@ class ConceptVectors(Analyser):
                         else "|cosine| of each vector with random vectors of the post model's same layer")
         summary = _summary(rows, cos, vectors, picks, opts.ablation, n_top, floor is not None,
                            drops=(drop_pre, rand_pre, drop_post, rand_post))
+        summary["jaccard_top200_n"] = n_published = min(JACCARD_TOP_N, vocab)
         # the fields an inconclusive result carries: the means calibrate would report
         post_m, floor_m = float(np.asarray(cos["post"], dtype=np.float64).mean()), \
             float(np.asarray(cos[floor_key], dtype=np.float64).mean())
         common = dict(floor=floor_m, ceiling=1.0, post=post_m, floor_source=floor_source, summary=summary,
                       per_item=rows, tables={"vectors": rows})
-        notes = [f"top {len(vectors)} value vectors by concept score; ablation by {opts.ablation}; Jaccard over the "
-                 f"top {n_top} tokens (vocabulary {vocab})"]
+        notes = [f"top {len(vectors)} value vectors by concept score; ablation by {opts.ablation}",
+                 _jaccard_note(n_published, n_top, vocab)]
         if effect_pre < opts.min_causal_effect:
             result = inconclusive(self.name, f"the top concept vectors are not causal on the pre model: ablating them "
                                              f"lowers the forget answers' log-odds by {drop_pre:.3f} vs "
@@ -198,23 +206,38 @@ class ConceptVectors(Analyser):
         return {"Concept vector similarity": fig}
 
 
+def _jaccard_note(n_published: int, n_top: int, vocab: int) -> str:
+    """What the two Jaccard overlaps are over, and how low the published one can go on this vocabulary."""
+    whole = " (the whole vocabulary: it has fewer than 200 tokens)" if n_published < JACCARD_TOP_N else ""
+    lowest = max(0, 2 * n_published - vocab) / min(vocab, 2 * n_published)
+    bound = f"; with {n_published} of {vocab} tokens it cannot fall below {lowest:.2f}" if lowest > 0 else ""
+    return (f"jaccard_top200 as published (ConceptVectors): the top {n_published} tokens{whole} of v·Eᵀ, each "
+            f"model's own unembedding, no final norm{bound}; jaccard_top_lens (palimpsest): the top {n_top} tokens "
+            f"of norm(v)·Eᵀ through each model's final norm module (vocabulary {vocab})")
+
+
 def _compare(ctx, vectors: list[ConceptVector], models: dict, token_ids: list[int], n_top: int
              ) -> tuple[list[dict], dict[str, list[float]]]:
     """Per concept vector: its comparison with the same vector in every other model, and the cosines (with a chance
     level: the pre vector against random vectors of the post model's same layer)."""
     pre = ctx.pair.pre
-    vec = {name: all_value_vectors(m.model) for name, m in {"pre": pre, **models}.items()}
+    everyone = {"pre": pre, **models}
+    vec = {name: all_value_vectors(m.model) for name, m in everyone.items()}
     rows, cos = [], {"post": [], "floor": [], "chance": []}
+    if not vectors:
+        return rows, cos
+    picked = {name: torch.stack([vec[name][v.layer][v.index] for v in vectors]) for name in everyone}
+    # read through the final norm module (palimpsest's lens), and as published: v · Eᵀ, own E, no norm
+    lens = {name: vocab_projection(m.model, picked[name]) for name, m in everyone.items()}
+    raw = {name: unembed_projection(m.model, picked[name]) for name, m in everyone.items()}
     rng = np.random.default_rng(ctx.config.seed)
-    for v in vectors:
-        v_pre = vec["pre"][v.layer][v.index]
-        proj_pre = vocab_projection(pre.model, v_pre[None])[0]
+    for i, v in enumerate(vectors):
+        v_pre = picked["pre"][i]
         row = {"layer": v.layer, "index": v.index, "score": v.score,
-               "top_tokens_pre": [pre.tokenizer.decode([t]).strip() for t in top_token_ids(proj_pre, 8)]}
-        for name, m in models.items():
-            v_other = vec[name][v.layer][v.index]
-            proj = vocab_projection(m.model, v_other[None])[0]
-            stats = compare_vectors(v_pre, v_other, proj_pre, proj, token_ids, n_top)
+               "top_tokens_pre": [pre.tokenizer.decode([t]).strip() for t in top_token_ids(lens["pre"][i], 8)]}
+        for name in models:
+            stats = compare_vectors(v_pre, picked[name][i], lens["pre"][i], lens[name][i], token_ids, n_top,
+                                    pre_unembed=raw["pre"][i], post_unembed=raw[name][i])
             row.update({f"{k}_{name}": value for k, value in stats.items()})
             cos[name].append(stats["cosine"])
         others = rng.choice(vec["post"][v.layer].shape[0], size=8, replace=False)
@@ -226,6 +249,8 @@ def _compare(ctx, vectors: list[ConceptVector], models: dict, token_ids: list[in
 
 def _summary(rows: list[dict], cos: dict, vectors: list[ConceptVector], picks: dict, mode: str, n_top: int,
              has_floor: bool, *, drops: tuple[float, float, float, float]) -> dict:
+    """The means over the concept vectors. jaccard_top200_*: ConceptVectors' Jaccard of the top 200 tokens of v·Eᵀ
+    (own E, no norm); jaccard_top_lens_*: palimpsest's, top `n_top` tokens through the final norm module."""
     drop_pre, rand_pre, drop_post, rand_post = drops
     effect_pre, effect_post = drop_pre - rand_pre, drop_post - rand_post
     summary = {
@@ -235,11 +260,12 @@ def _summary(rows: list[dict], cos: dict, vectors: list[ConceptVector], picks: d
         "log_odds_drop_post": drop_post, "random_drop_post": rand_post,
         "causal_ratio_post": effect_post / effect_pre if effect_pre > 0 else None,
         **{f"{k}_post": float(np.mean([r[f"{k}_post"] for r in rows])) for k in
-           ("distance", "relative_distance", "jaccard_top")},
+           ("distance", "relative_distance", "jaccard_top200", "jaccard_top_lens")},
     }
     kept = [r["concept_tokens_kept_post"] for r in rows if r["concept_tokens_kept_post"] is not None]
     summary["concept_tokens_kept_post"] = float(np.mean(kept)) if kept else None
     if has_floor:
         summary["cosine_floor"] = float(np.mean(cos["floor"]))
-        summary["jaccard_top_floor"] = float(np.mean([r["jaccard_top_floor"] for r in rows]))
+        for k in ("jaccard_top200", "jaccard_top_lens"):
+            summary[f"{k}_floor"] = float(np.mean([r[f"{k}_floor"] for r in rows]))
     return summary

@@ -29,6 +29,14 @@ class Readout:
         with torch.inference_mode():
             return self.unembed(self.norm(resid.to(param.device, param.dtype))).float().cpu()
 
+    def normalise(self, vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+        """The vectors through the final norm module as the model computes it (its gain, centring, bias and eps
+        however the family defines them, never a hand-applied `weight`), in the model's dtype; float32 on the CPU."""
+        param = next(self.norm.parameters(), None)
+        param = next(self.unembed.parameters()) if param is None else param  # a norm without a gain (OLMo)
+        with torch.no_grad():
+            return self.norm(vectors.to(param.device, param.dtype)).float().cpu()
+
 
 def answer_prob_rank(logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"]
                      ) -> tuple[Float[np.ndarray, " n"], Float[np.ndarray, " n"]]:

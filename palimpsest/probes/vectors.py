@@ -34,12 +34,23 @@ def all_value_vectors(model: torch.nn.Module) -> list[Float[Tensor, "d_mlp d_mod
 
 
 def vocab_projection(model: torch.nn.Module, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k vocab"]:
-    """Each vector read through the unembedding, scaled by the final norm's gain (the direction the head sees)."""
-    readout = Readout.of(model)
-    unembed = readout.unembed.weight.detach().float().cpu()  # [vocab, d_model]
-    gain = getattr(readout.norm, "weight", None)
-    scaled = vectors * gain.detach().float().cpu() if gain is not None else vectors
-    return scaled @ unembed.T
+    """Each vector as the output layer reads the residual stream: norm(v) · Eᵀ, `norm` the final norm module itself.
+
+    The module, never a hand-applied `weight`: RMSNorm gives gain ⊙ v / rms(v) (Gemma's (1 + gain) ⊙ v / rms(v)),
+    the gain and a per-vector scale that z-scores and top-k ignore; LayerNorm (GPT-2, NeoX) also centres v and adds
+    its bias.
+    """
+    return Readout.of(model).normalise(vectors) @ unembedding(model).T
+
+
+def unembedding(model: torch.nn.Module) -> Float[Tensor, "vocab d_model"]:
+    """The model's own unembedding matrix E (the output embedding's weight), float32 on the CPU."""
+    return model.get_output_embeddings().weight.detach().float().cpu()
+
+
+def unembed_projection(model: torch.nn.Module, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k vocab"]:
+    """v · Eᵀ with the model's own unembedding and no final norm: ConceptVectors' projection (Hong et al. 2024)."""
+    return vectors.float() @ unembedding(model).T
 
 
 def concept_token_ids(tokenizer, concept) -> list[int]:
@@ -65,50 +76,68 @@ def concept_scores(projection: Float[Tensor, "k vocab"], token_ids: Sequence[int
 
 @dataclass(frozen=True)
 class VocabStats:
-    """What the vocabulary z-scores of a projection need: the unembedding's column mean and Gram matrix."""
+    """What the vocabulary z-scores of `vocab_projection` need: the final norm and the unembedding's column mean and
+    Gram matrix."""
 
-    gain: Tensor | None
+    readout: Readout
     unembed: Tensor  # [vocab, d_model], float64 (sum-of-squares below cancels in float32)
     column_mean: Tensor
     gram: Tensor
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> VocabStats:
-        readout = Readout.of(model)
-        unembed = readout.unembed.weight.detach().double().cpu()
-        gain = getattr(readout.norm, "weight", None)
-        return cls(gain.detach().double().cpu() if gain is not None else None, unembed, unembed.mean(0),
-                   unembed.T @ unembed)
+        unembed = unembedding(model).double()
+        return cls(Readout.of(model), unembed, unembed.mean(0), unembed.T @ unembed)
 
     def concept_scores(self, vectors: Float[Tensor, "k d_model"], token_ids: Sequence[int]) -> Float[Tensor, " k"]:
         """`concept_scores(vocab_projection(model, vectors), token_ids)` without the [k, vocab] projection.
 
-        Each projection's vocabulary mean and (unbiased) std follow from the column mean and Gram matrix, so a real
-        model's ~50k value vectors x ~50k tokens never materialise (O(d^2) per vector instead of O(V d)).
+        The vectors go through the final norm module first (as in `vocab_projection`); each projection's vocabulary
+        mean and (unbiased) std then follow from the column mean and Gram matrix, so a real model's ~50k value
+        vectors x ~50k tokens never materialise (O(d^2) per vector instead of O(V d)).
         """
-        scaled = vectors.double() * self.gain if self.gain is not None else vectors.double()
+        normed = self.readout.normalise(vectors).double()
         n_vocab = self.unembed.shape[0]
-        mean = scaled @ self.column_mean
-        sum_sq = ((scaled @ self.gram) * scaled).sum(1)
+        mean = normed @ self.column_mean
+        sum_sq = ((normed @ self.gram) * normed).sum(1)
         std = ((sum_sq - n_vocab * mean**2).clamp(min=0) / (n_vocab - 1)).sqrt().clamp(min=1e-8)
-        picked = scaled @ self.unembed[list(token_ids)].T
+        picked = normed @ self.unembed[list(token_ids)].T
         return ((picked - mean[:, None]) / std[:, None]).max(1).values.float()
 
 
+# ConceptVectors' Jaccard: the top 200 tokens of each model's v · Eᵀ
+# (Hong et al. 2024, evaluate_util.jaccard_similarity)
+JACCARD_TOP_N = 200
+
+
 def top_token_ids(projection: Float[Tensor, " vocab"], n: int) -> list[int]:
+    """The ids of the n highest entries (all of them when the vocabulary is smaller)."""
     return projection.topk(min(n, projection.shape[0])).indices.tolist()
 
 
+def jaccard_top(a: Float[Tensor, " vocab"], b: Float[Tensor, " vocab"], n: int) -> float:
+    """|A ∩ B| / |A ∪ B| of the two projections' top-n token sets."""
+    top_a, top_b = set(top_token_ids(a, n)), set(top_token_ids(b, n))
+    return len(top_a & top_b) / len(top_a | top_b)
+
+
 def compare_vectors(pre: Float[Tensor, " d"], post: Float[Tensor, " d"], pre_proj: Float[Tensor, " vocab"],
-                    post_proj: Float[Tensor, " vocab"], concept_ids: Sequence[int], n_top: int) -> dict:
-    """ConceptVectors' comparisons: cosine, L2 distance, Jaccard of the top tokens, concept tokens kept."""
+                    post_proj: Float[Tensor, " vocab"], concept_ids: Sequence[int], n_top: int, *,
+                    pre_unembed: Float[Tensor, " vocab"], post_unembed: Float[Tensor, " vocab"]) -> dict:
+    """ConceptVectors' comparisons: cosine, L2 distance, Jaccard of the top tokens, concept tokens kept.
+
+    jaccard_top200: as published, Jaccard of the top 200 tokens of v · Eᵀ, each model's own E, no norm
+    (`pre_unembed`, `post_unembed` from `unembed_projection`). jaccard_top_lens and concept_tokens_kept: palimpsest's
+    variant, over the top `n_top` tokens of `vocab_projection` (read through the final norm module).
+    """
     cos = float(torch.nn.functional.cosine_similarity(pre[None], post[None]).item())
     top_pre, top_post = set(top_token_ids(pre_proj, n_top)), set(top_token_ids(post_proj, n_top))
     concept_in_pre = top_pre & set(concept_ids)
     kept = len(concept_in_pre & top_post) / len(concept_in_pre) if concept_in_pre else None
     return {"cosine": cos, "distance": float((pre - post).norm()), "relative_distance":
             float((pre - post).norm() / pre.norm().clamp(min=1e-12)),
-            "jaccard_top": len(top_pre & top_post) / len(top_pre | top_post), "concept_tokens_kept": kept}
+            "jaccard_top200": jaccard_top(pre_unembed, post_unembed, JACCARD_TOP_N),
+            "jaccard_top_lens": len(top_pre & top_post) / len(top_pre | top_post), "concept_tokens_kept": kept}
 
 
 @contextmanager
@@ -142,7 +171,8 @@ def ablate_vectors(model: torch.nn.Module, picks: Mapping[int, Sequence[int]], *
                 continue
             vectors = value_vectors(model, layer)[idx]
             d = vectors.shape[1]
-            noise = torch.randn(vectors.shape, generator=gen) * vectors.norm(dim=1, keepdim=True) * noise_scale / d ** 0.5
+            noise = (torch.randn(vectors.shape, generator=gen) * vectors.norm(dim=1, keepdim=True) * noise_scale
+                     / d ** 0.5)
             module = down_proj(model, layer)
 
             def hook(_mod, args, output, idx=idx, noise=noise):

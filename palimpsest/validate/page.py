@@ -141,6 +141,17 @@ def render_validation(report: dict, title: str) -> str:
                         "suppressed cases": entry.get("n_suppressed"), "deleted cases": entry.get("n_deleted"),
                         "note": entry.get("reason", "")} for name, entry in auc_rows]))
 
+    standard = report.get("standard_metric_auc") or {}
+    if standard:
+        body.append("<h2>Published metrics on ground truth</h2>")
+        body.append("<p>ROC AUC of each published metric (and palimpsest's variants) for suppressed (positive) vs "
+                    "deleted cases, the value read the way the field reads it (less forgotten = higher or lower, "
+                    "see docs/metrics.md); 0.5 is chance, below 0.5 the usual reading points the wrong way.</p>")
+        body.append(table([{"metric": name, "analyser": e.get("analyser"), "published": e.get("published"),
+                            "less forgotten": e.get("less_forgotten"), "auc": e.get("auc"), "95% CI": e.get("ci"),
+                            "suppressed cases": e.get("n_suppressed"), "deleted cases": e.get("n_deleted"),
+                            "note": e.get("reason", "")} for name, e in _auc_rows(standard)]))
+
     body.append("<h2>Fitted thresholds</h2>")
     if fit:
         body.append(f'<p>{esc(fit.get("criterion", ""))}</p>')

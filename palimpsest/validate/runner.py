@@ -117,13 +117,15 @@ def audited_by(config) -> dict:
 
 def outcome_of(case: Case, result):
     from palimpsest.validate.scoring import CaseOutcome
+    from palimpsest.validate.standard import standard_values
 
     truth, weak = gated_truth(case.construction, result.behaviour_forgotten)
     residues = {name: {"residue": r.residue, "ci": list(r.ci) if r.ci else None, "status": r.status}
                 for name, r in result.analyses.items() if r.kind == "residue"}
     return CaseOutcome(case_id=case.case_id, world=case.world, forget_set=case.forget_set, control=case.control,
                        construction=case.construction, truth=truth, weak_control=weak, verdict=result.verdict,
-                       collateral=result.collateral, report=f"cases/{case.case_id}/report.html", residues=residues)
+                       collateral=result.collateral, report=f"cases/{case.case_id}/report.html", residues=residues,
+                       standard=standard_values(result.analyses))
 
 
 def _finished(out_dir: Path, case: Case, expected: dict | None = None):
@@ -205,6 +207,7 @@ def score_population(cases: list[tuple[Case, object]], config, *, seconds: float
         fit_verdict,
         fitted_config,
         split_worlds,
+        standard_metric_auc,
         summary,
     )
 
@@ -227,6 +230,7 @@ def score_population(cases: list[tuple[Case, object]], config, *, seconds: float
         "fitted_all": {"summary": summary(everything_fitted), "confusion": confusion(everything_fitted)},
         "fit": fit.model_dump(mode="json"),
         "analyser_auc": analyser_auc(outcomes, n_bootstrap=config.n_bootstrap, seed=config.seed),
+        "standard_metric_auc": standard_metric_auc(outcomes, n_bootstrap=config.n_bootstrap, seed=config.seed),
         "cases": [o.model_dump(mode="json") for o in outcomes],
         "kernels": kernels,
         "seconds": round(seconds, 1),

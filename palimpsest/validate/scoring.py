@@ -58,6 +58,7 @@ class CaseOutcome(BaseModel):
     collateral: bool = False
     report: str = ""  # relative path of its report.html
     residues: dict[str, dict[str, Any]] = Field(default_factory=dict)  # analyser -> {residue, ci, status}
+    standard: dict[str, float | None] = Field(default_factory=dict)  # published metric -> value (validate.standard)
 
 
 class FitResult(BaseModel):
@@ -224,6 +225,24 @@ def analyser_auc(outcomes: Sequence[CaseOutcome], n_bootstrap: int = 1000, seed:
                 continue
             (pos if o.truth == "suppressed" else neg).append(float(value))
     return {name: _auc(pos, neg, n_bootstrap, seed) for name, (pos, neg) in sorted(scores.items())}
+
+
+def standard_metric_auc(outcomes: Sequence[CaseOutcome], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per published metric (validate.standard): ROC AUC for truth suppressed vs deleted of the value read the way
+    the field reads it (higher = less forgotten), over the cases where it was computed; with "published" and the
+    reading. An AUC below 0.5 means the field's reading points the wrong way on this population."""
+    from palimpsest.validate.standard import STANDARD_METRICS, oriented
+
+    out = {}
+    for metric in STANDARD_METRICS:
+        pos, neg = [], []
+        for o in outcomes:
+            value = o.standard.get(metric.name)
+            if o.truth in ("suppressed", "deleted") and _finite(value):
+                (pos if o.truth == "suppressed" else neg).append(oriented(metric, float(value)))
+        out[metric.name] = {**_auc(pos, neg, n_bootstrap, seed), "analyser": metric.analyser,
+                            "published": metric.published, "less_forgotten": metric.less_forgotten}
+    return out
 
 
 def _result_auc(train_results: Sequence[tuple[str, Any]]) -> dict[str, float | None]:
