@@ -221,6 +221,54 @@ def config_show(config_file: ConfigOption = None):
     sys.stdout.flush()
 
 
+concept_app = typer.Typer(no_args_is_help=True, help="Concept files: import a benchmark's splits as a ConceptSpec.")
+app.add_typer(concept_app, name="concept")
+
+SplitOption = Optional[str]
+
+
+@concept_app.command(name="import")
+@guarded
+def concept_import(
+        paths: Annotated[list[Path], typer.Argument(help="the data set's files (.json, .jsonl, .parquet) or folders")],
+        fmt: Annotated[str, typer.Option("--format", help="tofu | muse | wmdp | rwku")],
+        out_path: Annotated[Path, typer.Option("--out", help="the ConceptSpec to write (.yaml or .json)")],
+        forget: Annotated[SplitOption, typer.Option(help="forget splits, comma-separated (default: "
+                                                         "TOFU forget10, MUSE knowmem,verbmem,privleak, WMDP wmdp-*, "
+                                                         "RWKU forget_level1,forget_level2)")] = None,
+        retain: Annotated[SplitOption, typer.Option(help="retain splits, or none (TOFU retain_perturbed, else "
+                                                         "retain90 for forget10; MUSE knowmem,privleak)")] = None,
+        holdout: Annotated[SplitOption, typer.Option(help="never-trained splits (membership non-members), or none "
+                                                          "(TOFU holdout10 for forget10; MUSE privleak)")] = None,
+        neighbours: Annotated[SplitOption, typer.Option(help="neighbour splits, or none (TOFU real_authors_perturbed,"
+                                                             "world_facts_perturbed; RWKU neighbor_level1,"
+                                                             "neighbor_level2)")] = None,
+        name: Annotated[Optional[str], typer.Option(help="concept name (default: FORMAT-FORGET)")] = None,
+        chat_template: Annotated[Optional[str], typer.Option(
+            help="render question prompts with this model's chat template (hub id or local directory): the "
+                 "format the audited (instruct) models were fine-tuned on")] = None,
+        system_prompt: Annotated[Optional[str], typer.Option(help="system turn of the chat template")] = None,
+        date_string: Annotated[Optional[str], typer.Option(
+            help="date_string passed to the chat template (Llama 3.x; open-unlearning uses '10 Apr 2025')")] = None,
+        mc_format: Annotated[str, typer.Option(help="WMDP: letters (lm-eval's prompt, choices A-D) | cloze "
+                                                    "(the choice texts scored)")] = "letters"):
+    """Import TOFU / MUSE / WMDP / RWKU files as a ConceptSpec; notes say what the import decided (subjects,
+    prompts, scoring)."""
+    from palimpsest.concepts.importers import PromptFormat, Selection, import_concept
+
+    if out_path.suffix not in (".yaml", ".yml", ".json"):
+        raise BadInput(f"--out {out_path}: give a .yaml or .json file name")
+    prompts = PromptFormat.from_options(chat_template, system_prompt, date_string)
+    spec, notes = import_concept(fmt, paths, selection=Selection(forget, retain, holdout, neighbours), name=name,
+                                 prompts=prompts, mc_format=mc_format)
+    for note in notes:
+        _say(f"[yellow]note:[/] {escape(note)}")
+    spec.to_file(out_path)
+    counts = ", ".join(f"{item_set} {len(spec.items(item_set))}" for item_set in
+                       ("forget", "paraphrases", "neighbours", "retain", "holdout"))
+    out.print(f"wrote {escape(str(out_path))}: {escape(spec.name)} ({counts})", soft_wrap=True, highlight=False)
+
+
 @app.command(name="concept-vectors")
 @guarded
 def concept_vectors_cmd(model: Annotated[str, typer.Option(help="model directory, hub id or .gguf")],

@@ -103,7 +103,7 @@ def _post_key(method: str, setup: OrganismSetup, seed: int) -> str:
     config_cls = METHODS[method].config_cls if method in METHODS else CONTROLS[method][1]
     payload = {"version": "posts-v2", "pre": setup.pre_dir.name, "method": method, "seed": seed,
                "config": config_cls().to_dict(),
-               "concept": setup.concept.model_dump(mode="json"), "kernels": kernel_tag()}
+               "concept": setup.concept.stable_dump(), "kernels": kernel_tag()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

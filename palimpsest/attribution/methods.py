@@ -26,6 +26,7 @@ from torch import Tensor
 from palimpsest.attribution.units import Words, delete_words, split_words, word_owners
 from palimpsest.capture import answer_ids, score_answers
 from palimpsest.concepts import Item
+from palimpsest.devices import input_device
 
 Method = Literal["occlusion", "integrated_gradients"]
 METHODS: tuple[str, ...] = ("occlusion", "integrated_gradients")
@@ -149,7 +150,7 @@ def _tokenise(tokenizer, prompt: str, words: Words, answer: str) -> _Prompt:
     enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
     if not enc["input_ids"]:
         raise ValueError(f"prompt {prompt!r} tokenizes to nothing")
-    extra = answer_ids(tokenizer, answer)
+    extra = answer_ids(tokenizer, answer, prompt)
     owner = word_owners(enc["offset_mapping"], enc["special_tokens_mask"], words)
     return _Prompt(list(enc["input_ids"]) + extra[:-1], extra, owner)
 
@@ -220,7 +221,7 @@ def integrated_gradients(
     answers = _answers(items)
     if not prompts:
         return []
-    device = next(model.parameters()).device
+    device = input_device(model)
     embed = model.get_input_embeddings()
     base_vec = baseline_vector(model, tokenizer, baseline).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

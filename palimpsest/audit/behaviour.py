@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 import plotly.graph_objects as go
+from pydantic import Field
 
 from palimpsest.capture import score_answers
 from palimpsest.stats import bootstrap_mean_ci
@@ -16,8 +17,13 @@ SET_KEYS = {"forget": "forget", "paraphrases": "paraphrase", "neighbours": "neig
 
 
 class BehaviourConfig(AnalyserConfig):
-    """No options: the forgotten bounds the verdict applies are AuditConfig.forgotten_max_relative_acc and
-    forgotten_max_acc (the verdict's first gate, not this analyser's)."""
+    """The forgotten bounds the verdict applies are AuditConfig.forgotten_max_relative_acc and forgotten_max_acc
+    (the verdict's first gate, not this analyser's). The options only concern items scored "rouge" (long answers):
+    their greedy answers' ROUGE-L recall is reported beside the accuracy (info; the accuracy stays teacher-forced)."""
+
+    rouge_generation: bool = True  # generate a greedy answer per "rouge" item and model, for ROUGE-L recall
+    # greedy answer length (open-unlearning's generation_args.max_new_tokens)
+    max_new_tokens: int = Field(200, ge=1)
 
 
 @register
@@ -29,7 +35,10 @@ class Behaviour(Analyser):
         "Exact-match accuracy (every answer token is the model's top prediction under teacher forcing) and the mean "
         "answer log-probability, for the forget items in their trained form, the same facts in other forms "
         "(paraphrases), neighbouring facts that must stay, and unrelated retain facts; pre vs post (and the floor "
-        "model when there is one), with bootstrap 95% intervals."
+        "model when there is one), with bootstrap 95% intervals. Items may say how they are scored: multiple "
+        "choice (correct when the correct choice has the highest summed log-probability, lm-eval-harness acc; "
+        "chance reported) or long answers (correct when at least half the answer tokens are the top prediction; "
+        "the greedy answer's ROUGE-L recall is reported beside it)."
     )
     Config = BehaviourConfig
     modalities = frozenset({"text", "image"})
@@ -43,6 +52,7 @@ class Behaviour(Analyser):
             return measures.behaviour(self, ctx)
         pair, concept, config = ctx.pair, ctx.concept, ctx.config
         models = pair.models()
+        opts = ctx.opts if isinstance(ctx.opts, BehaviourConfig) else BehaviourConfig()
         summary: dict = {}
         per_item = []
         figure_rows = []
@@ -63,9 +73,18 @@ class Behaviour(Analyser):
                     if model_name == "pre":
                         per_item.append({"set": item_set, "index": i, "prompt": item.prompt, "answer": item.answer,
                                          "form": item.form, "fact_id": item.fact_id})
+                        if item.scoring != "exact":
+                            per_item[-1]["scoring"] = item.scoring
                     row = next(r for r in per_item if r["set"] == item_set and r["index"] == i)
                     row[f"correct_{model_name}"] = bool(scores.correct[i])
                     row[f"logprob_{model_name}"] = round(float(scores.mean_logprob[i]), 4)
+                if opts.rouge_generation and any(it.scoring == "rouge" for it in items):
+                    summary[f"{key}_rougeL_recall_{model_name}"] = _rouge(loaded, items, item_set, per_item,
+                                                                         model_name, opts, config.batch_size)
+            # the set's chance accuracy: 1/k for a k-way choice item, 0 for a generated answer
+            chance = [1.0 / len(it.choices) if it.scoring == "choice" else 0.0 for it in items]
+            if any(chance):
+                summary[f"{key}_chance"] = float(np.mean(chance))
             if item_set == "paraphrases":
                 summary["paraphrase_acc_by_form"] = _by_form(items, per_item, models)
         summary["n_forget"] = len(concept.forget)
@@ -83,6 +102,20 @@ class Behaviour(Analyser):
 
     def figures(self, measured, ctx) -> dict:
         return {"Accuracy per item set": _accuracy_figure(measured)}
+
+
+def _rouge(loaded, items, item_set: str, per_item: list[dict], model_name: str, opts: BehaviourConfig,
+           batch_size: int) -> float:
+    """Mean ROUGE-L recall of the greedy answers to the "rouge" items of a set (per item in per_item)."""
+    from palimpsest.behavioural.utility import greedy_answers, rouge_l_recall
+
+    chosen = [i for i, it in enumerate(items) if it.scoring == "rouge"]
+    answers = greedy_answers(loaded, [items[i].prompt for i in chosen], opts.max_new_tokens, batch_size)
+    recall = rouge_l_recall([items[i].answer for i in chosen], answers)
+    rows = {r["index"]: r for r in per_item if r["set"] == item_set}
+    for i, value in zip(chosen, recall):
+        rows[i][f"rougeL_recall_{model_name}"] = round(float(value), 4)
+    return float(np.mean(recall))
 
 
 def _by_form(items, per_item, models) -> dict:

@@ -146,7 +146,7 @@ def check_answers(tokenizer, concept: ConceptSpec) -> None:
 
     for item_set, index, item in concept.all_items():
         try:
-            answer_ids(tokenizer, item.answer)
+            answer_ids(tokenizer, item.answer, item.prompt)
         except AnswerTokenError as error:
             raise AnswerTokenError(f"{item_set} item {index} ({item.prompt[:40]!r}): {error}") from None
 

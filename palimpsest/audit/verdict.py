@@ -20,12 +20,21 @@ class Verdict:
     strongest: str | None = None
 
 
+def above_chance(accuracy: float | None, chance: float | None) -> float | None:
+    """Multiple-choice accuracy as the share of the way from chance to 1, (acc − chance) / (1 − chance) clipped at
+    0, so the forgotten bounds mean the same for 4-way choices (chance 0.25) as for generated answers (chance 0)."""
+    if accuracy is None or not chance:
+        return accuracy
+    return max(0.0, (accuracy - chance) / (1.0 - chance))
+
+
 def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditConfig) -> Verdict:
     reasons: list[str] = []
     if behaviour is None or behaviour.status != "ok":
         return Verdict("inconclusive", False, None, ["behaviour could not be measured"], ["behaviour"])
     s = behaviour.summary
-    pre, post = s.get("forget_acc_pre", 0.0), s.get("forget_acc_post", 0.0)
+    pre = above_chance(s.get("forget_acc_pre", 0.0), s.get("forget_chance"))
+    post = above_chance(s.get("forget_acc_post", 0.0), s.get("forget_chance"))
     collateral = False
     for key in ("retain", "neighbour"):
         if f"{key}_acc_pre" in s:
@@ -50,8 +59,8 @@ def decide(behaviour: Result | None, analyses: dict[str, Result], config: AuditC
     usable = {name: r for name, r in residues.items() if r.status == "ok" and r.residue is not None}
     missing = sorted(name for name, r in residues.items() if name not in usable)
     errors = sorted(name for name, r in residues.items() if r.status == "error")
-    paraphrase_post = s.get("paraphrase_acc_post")
-    paraphrase_pre = s.get("paraphrase_acc_pre")
+    paraphrase_post = above_chance(s.get("paraphrase_acc_post"), s.get("paraphrase_chance"))
+    paraphrase_pre = above_chance(s.get("paraphrase_acc_pre"), s.get("paraphrase_chance"))
     leaks = (paraphrase_post is not None and paraphrase_pre
              and paraphrase_post > config.forgotten_max_acc
              and paraphrase_post > config.forgotten_max_relative_acc * paraphrase_pre)

@@ -31,6 +31,7 @@ from palimpsest.capture import encode, intervene, replace_with, resid_post_sites
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.scoring import answer_token_logprobs
 from palimpsest.capture.tokens import EncodedBatch
+from palimpsest.devices import input_device
 from palimpsest.stats import bootstrap_ci
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
@@ -84,7 +85,7 @@ def patching_drops(
     """
     sites = resid_post_sites(target.model)
     base, patched = [], []
-    device = next(target.model.parameters()).device
+    device = input_device(target.model)
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         batch = encode(target.tokenizer, [it.prompt for it in chunk], [it.answer for it in chunk],

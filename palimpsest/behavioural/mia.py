@@ -16,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from palimpsest.capture import encode
 from palimpsest.capture.backends import forward_kwargs
+from palimpsest.capture.tokens import continuation
+from palimpsest.devices import input_device
 from palimpsest.stats import bootstrap_ci_independent, calibrate_value
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register, skipped
 
@@ -34,8 +36,7 @@ class MIAConfig(AnalyserConfig):
 
 
 def full_text(item) -> str:
-    answer = item.answer if item.answer.startswith(" ") else " " + item.answer
-    return item.prompt + answer
+    return item.prompt + continuation(item.answer, item.prompt)
 
 
 def scored_texts(items, text: str) -> tuple[list[str], list[str] | None]:
@@ -50,7 +51,7 @@ def token_statistics(model, tokenizer, prompts: list[str], answers: list[str] | 
     """Per text, per scored token: log p(x_t | x_<t), and the mean and std of log p under the model's own
     next-token distribution (what Min-K%++ normalises by; variance clamped at 1e-6 as open-unlearning does).
     Scored tokens: every token after the first (`answers` None) or the answer tokens."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -76,25 +77,21 @@ def gradient_norms(model, tokenizer, prompts: list[str], answers: list[str] | No
     the scored tokens (open-unlearning `GradNormAttack`). Eval mode (the reference switches to train mode, which
     differs only where the model has dropout, making its score random); the model's weights and grads stay as found."""
     order = float("inf") if p == "inf" else float(p)
-    params = list(model.parameters())
-    was_trainable = [q.requires_grad for q in params]
-    device = next(model.parameters()).device
+    device = input_device(model)
+    # differentiate fresh leaves through torch.func, so the model's own tensors (inference tensors, frozen ones,
+    # their .grad) are never touched; an inference tensor must be cloned to take part in autograd
+    leaves = {name: (q.clone() if q.is_inference() else q.detach()).requires_grad_(True)
+              for name, q in model.named_parameters()}
     norms = []
-    try:
-        for q in params:
-            q.requires_grad_(True)
-        for i, prompt in enumerate(prompts):
-            batch = encode(tokenizer, [prompt], None if answers is None else [answers[i]]).to(device)
-            with torch.enable_grad():
-                logp = torch.log_softmax(model(**forward_kwargs(batch)).logits.float(), dim=-1)[0, :-1]
-                token_lp = logp.gather(-1, batch.input_ids[0, 1:, None]).squeeze(-1)
-                scored = (batch.attention_mask[0, 1:] if answers is None else batch.answer_mask()[0, :-1]).bool()
-                loss = -token_lp[scored].mean()
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            norms.append(float(torch.stack([g.detach().float().norm(p=order) for g in grads if g is not None]).mean()))
-    finally:
-        for q, trainable in zip(params, was_trainable):
-            q.requires_grad_(trainable)
+    for i, prompt in enumerate(prompts):
+        batch = encode(tokenizer, [prompt], None if answers is None else [answers[i]]).to(device)
+        with torch.enable_grad():
+            logits = torch.func.functional_call(model, leaves, args=(), kwargs=forward_kwargs(batch)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)[0, :-1]
+            token_lp = logp.gather(-1, batch.input_ids[0, 1:, None]).squeeze(-1)
+            scored = (batch.attention_mask[0, 1:] if answers is None else batch.answer_mask()[0, :-1]).bool()
+            grads = torch.autograd.grad(-token_lp[scored].mean(), list(leaves.values()), allow_unused=True)
+        norms.append(float(torch.stack([g.float().norm(p=order) for g in grads if g is not None]).mean()))
     return np.asarray(norms, dtype=np.float64)
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from palimpsest.capture import encode, resid_post_sites, run_and_capture
 from palimpsest.capture.tokens import EncodedBatch
+from palimpsest.devices import input_device
 from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
@@ -36,7 +37,7 @@ def answer_span_mask(batch: EncodedBatch) -> Bool[Tensor, "batch pos"]:
 def span_activations(loaded, items, sites: list[str], backend: str, batch_size: int) -> dict[str, Float[Tensor, "n d"]]:
     """Residual-stream activations at every answer-span position of every item, stacked per site."""
     out: dict[str, list[Tensor]] = {site: [] for site in sites}
-    device = next(loaded.model.parameters()).device
+    device = input_device(loaded.model)
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         batch = encode(loaded.tokenizer, [it.prompt for it in chunk], [it.answer for it in chunk],

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from palimpsest.capture.sites import SiteTarget, execution_key, get_module, resolve
 from palimpsest.capture.tokens import EncodedBatch
+from palimpsest.devices import input_device
 
 Backend = Literal["torch", "transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = ("torch", "transformer_lens", "nnsight")
@@ -71,17 +72,25 @@ def bridge_for(model, tokenizer):
     return bridge
 
 
+# the bridge's ln_final.hook_normalized is x / rms(x) before the gain (HookedTransformer's folded-LN convention);
+# palimpsest's is the final norm's output, what the unembedding reads, so the bridge is read at its hook_out
+_BRIDGE_NAMES = {"ln_final.hook_normalized": "ln_final.hook_out"}
+
+
 def _tl_capture(model, tokenizer, batch: EncodedBatch, sites: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
     if (batch.attention_mask[:, 0] == 0).any():
         raise ValueError("the transformer_lens backend needs right padding")
+    for site in sites:
+        resolve(model, site)  # the same SiteError as the other backends (e.g. no hook_resid_mid on a parallel block)
     bridge = bridge_for(model, tokenizer)
-    wanted = set(sites)
+    names = {site: _BRIDGE_NAMES.get(site, site) for site in sites}
+    wanted = set(names.values())
     logits, cache = bridge.run_with_cache(batch.input_ids, names_filter=lambda name: name in wanted,
                                           attention_mask=batch.attention_mask)
     missing = wanted - set(cache.keys())
     if missing:
         raise ValueError(f"TransformerBridge produced no activations for {sorted(missing)}")
-    return logits, {site: cache[site] for site in sites}
+    return logits, {site: cache[name] for site, name in names.items()}
 
 
 _NNSIGHT: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
@@ -116,7 +125,7 @@ def run_and_capture(
     model, tokenizer, batch: EncodedBatch, sites: list[str], backend: Backend = "torch"
 ) -> tuple[Float[Tensor, "batch pos vocab"], dict[str, Tensor]]:
     """One forward pass of `batch`; returns the logits and each site's activation [batch, pos, ...]."""
-    batch = batch.to(next(model.parameters()).device)
+    batch = batch.to(input_device(model))
     with torch.inference_mode():
         if backend == "torch":
             return _torch_capture(model, batch, sites)

@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Mapping
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from palimpsest.capture.sites import get_module, resolve
 
@@ -21,25 +22,62 @@ def _apply(edit: Edit, value: Tensor, n_heads: int | None) -> Tensor:
     return edit(value)
 
 
-def install_edit(model: torch.nn.Module, site: str, edit: Edit) -> torch.utils.hooks.RemovableHandle:
+class Handles:
+    """Several hook handles removed together (an edit at hook_resid_mid needs two hooks)."""
+
+    def __init__(self, *handles: RemovableHandle):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _with_output(output, edit: Callable[[Tensor], Tensor]):
+    return (edit(output[0]), *output[1:]) if isinstance(output, tuple) else edit(output)
+
+
+def install_edit(model: torch.nn.Module, site: str, edit: Edit) -> RemovableHandle | Handles:
     """A hook that passes the activation at `site` through `edit` on every forward pass, until its handle is
-    removed."""
+    removed.
+
+    At hook_resid_mid the edit reaches the MLP branch (the input of the module that reads the mid stream: Llama's
+    post_attention_layernorm, Gemma's pre_feedforward_layernorm, OLMo2's mlp) and, since HF blocks keep the mid
+    stream in a local for the residual add, the edit's change edit(h) - h is also added to the block's output:
+    resid_post = edit(resid_mid) + mlp_out, as when TransformerLens edits hook_resid_mid.
+    """
     target = resolve(model, site)
     module = get_module(model, target.module_path)
     if target.io == "output":
         def hook(_mod, _args, output, heads=target.n_heads):
-            if isinstance(output, tuple):
-                return (_apply(edit, output[0], heads), *output[1:])
-            return _apply(edit, output, heads)
+            return _with_output(output, lambda value: _apply(edit, value, heads))
         return module.register_forward_hook(hook)
 
-    def pre_hook(_mod, args, kwargs, heads=target.n_heads):
+    change: list[Tensor] = []  # edit(h) - h of the current forward pass, for the carry hook
+
+    def edited(value: Tensor) -> Tensor:
+        new = _apply(edit, value, target.n_heads)
+        if target.carry_to is not None:
+            change[:] = [new - value]
+        return new
+
+    def pre_hook(_mod, args, kwargs):
         if args:
-            return (_apply(edit, args[0], heads), *args[1:]), kwargs
+            return (edited(args[0]), *args[1:]), kwargs
         kwargs = dict(kwargs)
-        kwargs["hidden_states"] = _apply(edit, kwargs["hidden_states"], heads)
+        kwargs["hidden_states"] = edited(kwargs["hidden_states"])
         return args, kwargs
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    if target.carry_to is None:
+        return handle
+
+    def carry(_mod, _args, output):
+        if not change:
+            return None
+        delta = change.pop()
+        return _with_output(output, lambda value: value + delta)
+    # prepended: the carry is part of the block's own computation, so hooks reading resid_post see it
+    return Handles(handle, get_module(model, target.carry_to).register_forward_hook(carry, prepend=True))
 
 
 @contextmanager

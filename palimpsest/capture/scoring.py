@@ -1,4 +1,12 @@
-"""Answer scores under teacher forcing: log-probabilities, ranks and exact match, batched."""
+"""Answer scores under teacher forcing: log-probabilities, ranks and correctness, batched.
+
+An item is correct by its `scoring` (palimpsest.concepts.spec): "exact" every answer token is the top prediction;
+"choice" the answer has the highest summed log-probability among the item's choices (lm-eval-harness `acc`: the
+sum over each choice's tokens after the same prompt, not length-normalised; argmax, the first on ties); "rouge" at
+least ROUGE_TOKEN_RECALL of the answer tokens are the top prediction given the reference prefix (the teacher-forced
+stand-in for ROUGE-L recall of a generated answer, which needs generation and so cannot run under the
+interventions score_answers takes).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,15 @@ from palimpsest.capture.activations import NonFiniteError
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import Item
+from palimpsest.devices import input_device
+
+ROUGE_TOKEN_RECALL = 0.5  # a "rouge"-scored answer is correct when at least this share of its tokens are top-1
 
 
 @dataclass
 class AnswerScores:
-    """Per item: mean answer-token log-prob, first-token rank (0 = top), exact match of every answer token."""
+    """Per item: mean answer-token log-prob, first-token rank (0 = top), correct by the item's scoring (exact match
+    of every answer token unless the item says otherwise)."""
 
     mean_logprob: np.ndarray
     first_logprob: np.ndarray
@@ -27,6 +39,8 @@ class AnswerScores:
     correct: np.ndarray
     token_logprobs: list[np.ndarray] = field(default_factory=list)  # per item, log p of each answer token
     token_top1: list[np.ndarray] = field(default_factory=list)  # per item, whether each answer token is argmax
+    # per item, the summed log p of each of its choices (multiple-choice items; empty for the others)
+    choice_logprobs: list[np.ndarray] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -68,8 +82,9 @@ def score_answers(
     prompts = list(prompts) if prompts is not None else [it.prompt for it in items]
     answers = list(answers) if answers is not None else [it.answer for it in items]
     subjects = [it.subject for it in items] if items else None
-    device = next(model.parameters()).device
-    mean_lp, first_lp, first_rank, correct, tok_lp, tok_top = [], [], [], [], [], []
+    scored = list(items) if items and len(items) == len(prompts) else []  # per-row scoring needs one item per row
+    device = input_device(model)
+    mean_lp, first_lp, first_rank, correct, tok_lp, tok_top, choice_lp = [], [], [], [], [], [], []
     for start in range(0, len(prompts), batch_size):
         stop = min(len(prompts), start + batch_size)
         batch = encode(tokenizer, prompts[start:stop], answers[start:stop], subjects[start:stop] if subjects else None)
@@ -83,12 +98,64 @@ def score_answers(
             raise NonFiniteError(f"{name}: non-finite (NaN/inf) logits on {broken} of {len(lps)} answers; the "
                                  "checkpoint is broken or its dtype overflows: load it in float32 (--dtype float32) "
                                  "or check the weights")
-        for lp, rank, top in zip(lps, ranks, tops):
+        rows = scored[start:stop]
+        choices = _choice_logprobs(model, rows, prompts[start:stop], answers[start:stop],
+                                   subjects[start:stop] if subjects else None, tokenizer, device, context)
+        for j, (lp, rank, top) in enumerate(zip(lps, ranks, tops)):
             mean_lp.append(float(lp.mean()))
             first_lp.append(float(lp[0]))
             first_rank.append(int(rank[0]))
-            correct.append(bool(top.all()))
+            scoring = rows[j].scoring if rows else "exact"
+            if scoring == "exact":
+                correct.append(bool(top.all()))
+            elif scoring == "rouge":
+                correct.append(bool(top.float().mean() >= ROUGE_TOKEN_RECALL))
+            else:
+                correct.append(choice_correct(rows[j], answers[start + j], float(lp.sum()), choices[j]))
             tok_lp.append(lp.numpy())
             tok_top.append(top.numpy())
+            choice_lp.append(choices[j])
     return AnswerScores(np.array(mean_lp), np.array(first_lp), np.array(first_rank), np.array(correct, dtype=bool),
-                        tok_lp, tok_top)
+                        tok_lp, tok_top, choice_lp)
+
+
+def choice_correct(item: Item, answer: str, answer_logprob: float, choice_lps: Float[np.ndarray, " choices"]) -> bool:
+    """Multiple choice, as lm-eval-harness `acc`: the scored answer is the argmax (first on ties) of the summed
+    log-probabilities of the item's choices; an answer that is not one of them must beat every choice."""
+    if answer == item.answer and item.answer_index is not None:
+        index = item.answer_index
+    elif answer in item.choices:
+        index = item.choices.index(answer)
+    else:
+        return bool(answer_logprob > float(np.max(choice_lps)))
+    return int(np.argmax(choice_lps)) == index
+
+
+def _choice_logprobs(model, rows: Sequence[Item], prompts: Sequence[str], answers: Sequence[str],
+                     subjects: Sequence[str | None] | None, tokenizer, device, context) -> list[np.ndarray]:
+    """Per row: the summed log p of each choice after the row's prompt (empty for items without choices).
+
+    One forward pass per choice index over the whole batch, rows kept in place (a row without that choice scores
+    its own answer, unused), so a per-row `context` sees the same rows as the main pass."""
+    out = [np.zeros(0) for _ in prompts]
+    width = max((len(it.choices) for it in rows if it.scoring == "choice"), default=0)
+    if not width:
+        return out
+    sums = np.full((len(prompts), width), np.nan)
+    for k in range(width):
+        choice = [it.choices[k] if it.scoring == "choice" and k < len(it.choices) else answers[j]
+                  for j, it in enumerate(rows)]
+        batch = encode(tokenizer, list(prompts), choice, list(subjects) if subjects else None).to(device)
+        with torch.inference_mode(), (context(batch) if context else nullcontext()):
+            logits = model(**forward_kwargs(batch)).logits
+        lps, _, _ = answer_token_logprobs(logits, batch)
+        for j, lp in enumerate(lps):
+            sums[j, k] = float(lp.sum())
+    for j, it in enumerate(rows):
+        if it.scoring == "choice":
+            out[j] = sums[j, :len(it.choices)]
+            if not np.isfinite(out[j]).all():
+                name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+                raise NonFiniteError(f"{name}: non-finite (NaN/inf) logits on the choices of {it.prompt[:40]!r}; "
+                                     "load it in float32 (--dtype float32) or check the weights")
+    return out

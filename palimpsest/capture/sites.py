@@ -8,16 +8,14 @@ from typing import Literal
 
 import torch
 
-# per-layer site kinds palimpsest supports on every backend
-LAYER_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-               "attn.hook_z", "mlp.hook_post")
+from palimpsest.capture.families import LAYER_SITES, SiteError, family_of, get_module
+
+__all__ = ["GLOBAL_SITES", "LAYER_SITES", "SiteError", "SiteTarget", "execution_key", "get_module", "layer_of",
+           "n_layers", "resid_post_sites", "resolve", "valid_sites"]
+
 GLOBAL_SITES = ("hook_embed", "ln_final.hook_normalized")
 
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-class SiteError(ValueError):
-    """A site name does not exist on this model; the message lists the valid ones."""
 
 
 @dataclass(frozen=True)
@@ -28,86 +26,55 @@ class SiteTarget:
     module_path: str
     io: Literal["input", "output"]
     n_heads: int | None = None  # set for hook_z: the input of the output projection, split into heads
-
-
-# module names of the common HF decoder families: (layers, attention, attention out-proj, mlp, mlp down-proj,
-# post-attention norm, final norm, embedding)
-_FAMILIES = {
-    "llama": ("model.layers", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj", "post_attention_layernorm",
-              "model.norm", "model.embed_tokens"),
-    "gpt2": ("transformer.h", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "ln_2", "transformer.ln_f", "transformer.wte"),
-    "gpt_neox": ("gpt_neox.layers", "attention", "attention.dense", "mlp", "mlp.dense_4h_to_h",
-                 "post_attention_layernorm", "gpt_neox.final_layer_norm", "gpt_neox.embed_in"),
-}
-
-
-def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
-    """`root.get_submodule(path)`, also through the wrappers TransformerBridge puts around HF modules in place."""
-    module = root
-    for part in path.split("."):
-        child = module._modules.get(part)
-        while child is None and "_original_component" in module._modules:
-            module = module._modules["_original_component"]
-            child = module._modules.get(part)
-        if child is None:
-            return None
-        module = child
-    return module
-
-
-_get = get_module
-
-
-def model_family(model: torch.nn.Module) -> str:
-    for family, names in _FAMILIES.items():
-        if _get(model, names[0]) is not None:
-            return family
-    raise SiteError(
-        f"{type(model).__name__}: palimpsest does not know this architecture's layer list "
-        "(supported: Llama/Mistral/Qwen/SmolLM-style, GPT-2, GPT-NeoX); use the nnsight backend with module paths"
-    )
+    # set for hook_resid_mid: the mid stream is a local of this block's forward (module_path's input only reads
+    # it), so an edit there must also be carried to the block's output; see interventions.install_edit
+    carry_to: str | None = None
 
 
 def n_layers(model: torch.nn.Module) -> int:
-    return len(get_module(model, _FAMILIES[model_family(model)][0]))
+    return len(get_module(model, family_of(model).blocks))
+
+
+def _kinds(model: torch.nn.Module) -> list[str]:
+    return [kind for kind in LAYER_SITES if kind in family_of(model).kinds]
 
 
 def valid_sites(model: torch.nn.Module) -> list[str]:
-    count = n_layers(model)
-    return list(GLOBAL_SITES) + [f"blocks.{layer}.{kind}" for layer in range(count) for kind in LAYER_SITES]
+    """Every site this model has (a parallel-residual block has no hook_resid_mid)."""
+    kinds, count = _kinds(model), n_layers(model)
+    return list(GLOBAL_SITES) + [f"blocks.{layer}.{kind}" for layer in range(count) for kind in kinds]
 
 
 def resolve(model: torch.nn.Module, site: str) -> SiteTarget:
-    """Map a TransformerLens site name to the HF module that carries it."""
-    family = model_family(model)
-    layers, attn, attn_out, mlp, mlp_down, post_attn_norm, final_norm, embed = _FAMILIES[family]
+    """Map a TransformerLens site name to the HF module that carries it.
+
+    hook_embed is TransformerLens's: the token embedding as the model scales it (Gemma's sqrt(d_model) is inside its
+    embedding module, so it is what enters block 0), without GPT-2's position embedding. hook_attn_out and
+    hook_mlp_out are what is added to the stream (after Gemma's and OLMo2's post-norms).
+    """
+    family = family_of(model)
     if site == "hook_embed":
-        return SiteTarget(site, embed, "output")
+        return SiteTarget(site, family.embed, "output")
     if site == "ln_final.hook_normalized":
-        return SiteTarget(site, final_norm, "output")
+        return SiteTarget(site, family.final_norm, "output")
     match = _SITE_RE.match(site)
     count = n_layers(model)
-    if match is None or int(match.group(1)) >= count or match.group(2) not in LAYER_SITES:
+    kind = match.group(2) if match else None
+    if match and int(match.group(1)) < count and kind in family.missing:
+        raise SiteError(f"site {site!r}: {family.missing[kind]}")
+    if match is None or int(match.group(1)) >= count or kind not in family.kinds:
         raise SiteError(
             f"site {site!r} does not exist on this {count}-layer model; valid sites are {', '.join(GLOBAL_SITES)} and "
-            f"blocks.{{0..{count - 1}}}.{{{', '.join(LAYER_SITES)}}}"
+            f"blocks.{{0..{count - 1}}}.{{{', '.join(_kinds(model))}}}"
         )
-    layer, kind = int(match.group(1)), match.group(2)
-    block = f"{layers}.{layer}"
-    if kind == "hook_resid_pre":
-        return SiteTarget(site, block, "input")
-    if kind == "hook_resid_post":
-        return SiteTarget(site, block, "output")
-    if kind == "hook_resid_mid":
-        return SiteTarget(site, f"{block}.{post_attn_norm}", "input")
-    if kind == "hook_attn_out":
-        return SiteTarget(site, f"{block}.{attn}", "output")
-    if kind == "hook_mlp_out":
-        return SiteTarget(site, f"{block}.{mlp}", "output")
-    if kind == "mlp.hook_post":
-        return SiteTarget(site, f"{block}.{mlp_down}", "input")
-    heads = int(model.config.num_attention_heads)
-    return SiteTarget(site, f"{block}.{attn_out}", "input", n_heads=heads)
+    block = f"{family.blocks}.{match.group(1)}"
+    rel, io = family.kinds[kind]
+    path = f"{block}.{rel}" if rel else block
+    if kind == "attn.hook_z":
+        return SiteTarget(site, path, io, n_heads=family.n_heads)
+    if kind == "hook_resid_mid" and io == "input":
+        return SiteTarget(site, path, io, carry_to=block)
+    return SiteTarget(site, path, io)
 
 
 def resid_post_sites(model: torch.nn.Module) -> list[str]:

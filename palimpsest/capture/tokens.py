@@ -39,9 +39,17 @@ class EncodedBatch:
         return ((pos >= start) & (pos < start + self.answer_len[:, None]) & (self.answer_start[:, None] >= 0)).long()
 
 
-def answer_ids(tokenizer, answer: str) -> list[int]:
-    """Token ids of an answer as a continuation (a leading space, no special tokens)."""
-    text = answer if answer.startswith(" ") else " " + answer
+def continuation(answer: str, prompt: str = "") -> str:
+    """The answer as it continues `prompt`: with a leading space, unless it has one or the prompt ends in
+    whitespace (chat templates end in a newline: the model was trained on the answer right after it)."""
+    if answer.startswith(" ") or (prompt and prompt[-1].isspace()):
+        return answer
+    return " " + answer
+
+
+def answer_ids(tokenizer, answer: str, prompt: str = "") -> list[int]:
+    """Token ids of an answer as a continuation of `prompt` (see `continuation`; no special tokens)."""
+    text = continuation(answer, prompt)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     unk = getattr(tokenizer, "unk_token_id", None)
     if not ids or (unk is not None and unk in ids):
@@ -77,7 +85,7 @@ def encode(
         prompt_lens.append(len(ids))
         subject_idx.append(_subject_last(tokenizer, prompt, subjects[i] if subjects else None, len(ids)))
         if answers is not None:
-            extra = answer_ids(tokenizer, answers[i])
+            extra = answer_ids(tokenizer, answers[i], prompt)
             ids = ids + extra
             answer_lens.append(len(extra))
         else:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 
+from palimpsest.devices import input_device
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# accelerate's placement strategies (a string device_map names one of these or a single device)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE_RE = re.compile(r"^(cpu|mps|disk|cuda|cuda:\d+|xpu|xpu:\d+|npu|npu:\d+|\d+)$")
+DeviceMap = Union[str, dict, None]
 
 
 class ModelLoadError(ValueError):
@@ -31,7 +43,14 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where this model's inputs go (with a device_map: the input embedding's execution device)."""
+        return input_device(self.model)
+
+    @property
+    def offloaded(self) -> bool:
+        """True when some weights live off the model (accelerate disk offload: they are on the meta device and
+        loaded for each forward pass), so code that reads or trains weights directly cannot use them."""
+        return is_offloaded(self.model)
 
     @property
     def n_layers(self) -> int:
@@ -40,6 +59,77 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         return int(self.model.config.hidden_size)
+
+
+def is_offloaded(model: torch.nn.Module) -> bool:
+    """Whether some parameter is on the meta device (offloaded by accelerate, or never materialised)."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def check_device_map(device_map: DeviceMap) -> DeviceMap:
+    """`device_map` as from_pretrained takes it, or a one-line ModelLoadError.
+
+    A string is an accelerate strategy (auto, balanced, balanced_low_0, sequential), a single device (cpu,
+    cuda, cuda:1, mps), or a JSON object {module name: device} (e.g. '{"": "cpu"}' or '{"model.layers.9": "disk",
+    ...}'); a dict maps module names to devices (cpu, disk, cuda:N, mps, or a GPU index).
+    """
+    if device_map is None:
+        return None
+    if isinstance(device_map, str) and device_map.strip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except ValueError as error:
+            raise ModelLoadError(f"device_map {device_map!r}: not valid JSON ({_brief(error, 80)}); give a strategy "
+                                 f"({', '.join(DEVICE_MAP_STRATEGIES)}), a device or a JSON object") from None
+    if isinstance(device_map, str):
+        text = device_map.strip()
+        if text in DEVICE_MAP_STRATEGIES:
+            return text
+        if not _DEVICE_RE.match(text) or text == "disk":
+            raise ModelLoadError(f"device_map {device_map!r} is not a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), "
+                                 "a device (cpu, cuda, cuda:N, mps) or a JSON object {module: device}")
+        _check_device(text, f"device_map {device_map!r}")
+        return int(text) if text.isdigit() else text
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelLoadError(f"device_map must be a string or a non-empty mapping of module names to devices, "
+                             f"got {type(device_map).__name__}")
+    out = {}
+    for module, device in device_map.items():
+        text = str(device).strip()
+        if not isinstance(module, str) or not isinstance(device, (str, int)) or not _DEVICE_RE.match(text):
+            raise ModelLoadError(f"device_map entry {module!r}: {device!r} is not a device (cpu, disk, cuda:N, mps "
+                                 "or a GPU index)")
+        _check_device(text, f"device_map entry {module!r}")
+        out[module] = int(text) if text.isdigit() else text
+    return out
+
+
+def _check_device(text: str, what: str) -> None:
+    if (text.startswith("cuda") or text.isdigit()) and not torch.cuda.is_available():
+        raise ModelLoadError(f"{what}: no CUDA GPU is visible (torch.cuda.is_available() is False); use cpu, or "
+                             "'auto' with max_memory to offload to disk")
+    if text.startswith("cuda:") or text.isdigit():
+        index = int(text.split(":")[-1])
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"{what}: GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"{what}: the MPS backend is not available on this machine")
+
+
+def _offload_folder(device_map: DeviceMap, offload_folder: str | os.PathLike | None) -> tuple[str | None, bool]:
+    """(the folder accelerate may offload weights to, whether palimpsest made it and must remove it)."""
+    if device_map is None:
+        return None, False
+    if offload_folder is not None:
+        folder = Path(offload_folder).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ModelLoadError(f"{folder}: cannot create the offload folder ({error.strerror or _brief(error, 80)})"
+                                 ) from None
+        return str(folder), False
+    # a fresh folder per model: two models offloaded to one folder would overwrite each other's weight files
+    return tempfile.mkdtemp(prefix="palimpsest-offload-"), True
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -105,7 +195,7 @@ def _check_local_files(path: Path, allow_pickle: bool) -> None:
         raise ModelLoadError(f"{path}: no weights (*.safetensors) next to config.json")
 
 
-def _load_gguf(path: Path, dtype: torch.dtype):
+def _load_gguf(path: Path, dtype: torch.dtype, placement: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -115,7 +205,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
-                                                     trust_remote_code=False)
+                                                     trust_remote_code=False, **placement)
     except Exception as error:  # transformers raises many types here; the user needs one line
         raise ModelLoadError(f"{path}: cannot load this GGUF file ({_brief(error)}); the file may be truncated: "
                              "download it again") from None
@@ -137,22 +227,54 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
-    device_map: str | None = None,
+    device_map: DeviceMap = None,
     name: str | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load `source` (HF hub id, local directory, or .gguf file) as an eval-mode causal LM.
 
     `trust_remote_code` is never enabled: architectures must be known to transformers.
+
+    `device_map` (accelerate; see `check_device_map`) places the modules itself and `device` is then ignored;
+    `max_memory` ({device: bytes or "2GiB"}, devices as in the map, "cpu" for RAM) caps what each device holds, the
+    rest is offloaded to disk, into `offload_folder` (default: a fresh temporary folder per model, removed with
+    the model). Weights of a safetensors checkpoint are read in place from its files; others (GGUF, a dtype change
+    of pickled weights) are written to the folder first.
     """
+    torch_dtype = _dtype(dtype)
+    device_map = check_device_map(device_map)
+    if max_memory is not None and (device_map is None or not isinstance(max_memory, dict)):
+        raise ModelLoadError("max_memory needs a device_map (e.g. 'auto') and must map devices to sizes, e.g. "
+                             "{'cpu': '2GiB'}")
+    folder, owned = _offload_folder(device_map, offload_folder)
+    placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
+                                               "offload_folder": folder}
+    try:
+        loaded = _load(source, device, torch_dtype, allow_pickle, placement, name)
+    except BaseException:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if device_map is not None:
+        placed = getattr(loaded.model, "hf_device_map", None)  # transformers sets none for a single device
+        loaded.meta["device_map"] = dict(placed or (device_map if isinstance(device_map, dict) else {"": device_map}))
+        loaded.meta["offload_folder"] = folder
+        if owned:  # removed when the model is garbage collected, or at exit
+            weakref.finalize(loaded.model, shutil.rmtree, folder, ignore_errors=True)
+    return loaded
+
+
+def _load(source: str | os.PathLike, device: str, torch_dtype: torch.dtype, allow_pickle: bool, placement: dict,
+          name: str | None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = _dtype(dtype)
     text = str(source)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"{path}: GGUF file not found")
-        model, tokenizer = _load_gguf(path, torch_dtype)
+        model, tokenizer = _load_gguf(path, torch_dtype, placement)
     elif _exists(path) or text.startswith((".", "/", "~")) or os.sep in text and not _looks_like_hub_id(text):
         if not path.exists():
             raise ModelLoadError(f"{path}: model path does not exist; check the path (or give a hub id like org/name)")
@@ -163,7 +285,7 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch_dtype, trust_remote_code=False, use_safetensors=not allow_pickle or None,
-                device_map=device_map,
+                **placement,
             )
         except Exception as error:  # one line for the user instead of a deep traceback
             raise ModelLoadError(f"{path}: cannot load model ({_brief(error)}); a file may be truncated or damaged: "
@@ -175,7 +297,7 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(text, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
                 text, dtype=torch_dtype, trust_remote_code=False, use_safetensors=None if allow_pickle else True,
-                device_map=device_map,
+                **placement,
             )
         except Exception as error:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -183,7 +305,7 @@ def load_model(
             raise ModelLoadError(f"{text}: cannot load from the hub{hint} ({_brief(error, 160)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if device_map is None:
+    if not placement:
         model = model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=str(source), name=name or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from palimpsest.models.loading import LoadedModel, ModelLoadError, load_model
 
@@ -72,7 +73,15 @@ def _compare(a: LoadedModel, b: LoadedModel, names: tuple[str, str]) -> None:
 
 
 def load_pair(pre_source: str, post_source: str, *, floor_source: str | None = None, **load_kwargs) -> ModelPair:
-    pre = load_model(pre_source, name="pre", **load_kwargs)
-    post = load_model(post_source, name="post", **load_kwargs)
-    floor = load_model(floor_source, name="floor", **load_kwargs) if floor_source else None
+    """Load pre, post (and floor) with the same `load_model` options; with an `offload_folder`, each model offloads
+    into its own subfolder of it (pre/, post/, floor/: one folder would mix their weight files)."""
+    def load(source: str, role: str):
+        kwargs = dict(load_kwargs)
+        if kwargs.get("offload_folder") is not None:
+            kwargs["offload_folder"] = Path(kwargs["offload_folder"]) / role
+        return load_model(source, name=role, **kwargs)
+
+    pre = load(pre_source, "pre")
+    post = load(post_source, "post")
+    floor = load(floor_source, "floor") if floor_source else None
     return ModelPair(pre=pre, post=post, floor=floor)

@@ -9,25 +9,31 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from palimpsest.capture.families import logit_softcap
 from palimpsest.capture.sites import get_module, resolve
 
 
 @dataclass
 class Readout:
-    """The final norm and the unembedding of a model: residual stream -> logits."""
+    """The final norm and the unembedding of a model: residual stream -> logits, as the model computes them
+    (with Gemma2's final-logit soft-capping, cap * tanh(logits / cap), where the config has one)."""
 
     norm: torch.nn.Module
     unembed: torch.nn.Module
+    softcap: float | None = None
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "Readout":
         norm = get_module(model, resolve(model, "ln_final.hook_normalized").module_path)
-        return cls(norm=norm, unembed=model.get_output_embeddings())
+        return cls(norm=norm, unembed=model.get_output_embeddings(), softcap=logit_softcap(model))
 
     def logits(self, resid: Float[Tensor, "n d"]) -> Float[Tensor, "n vocab"]:
         param = next(self.unembed.parameters())
         with torch.inference_mode():
-            return self.unembed(self.norm(resid.to(param.device, param.dtype))).float().cpu()
+            logits = self.unembed(self.norm(resid.to(param.device, param.dtype)))
+            if self.softcap is not None:  # in HF's order and dtype, so the last layer reproduces its logits
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            return logits.float().cpu()
 
     def normalise(self, vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
         """The vectors through the final norm module as the model computes it (its gain, centring, bias and eps

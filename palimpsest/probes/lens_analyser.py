@@ -18,7 +18,7 @@ LENSES = ("logit", "tuned")
 
 
 def _first_answer_ids(tokenizer, items) -> torch.Tensor:
-    return torch.tensor([answer_ids(tokenizer, it.answer)[0] for it in items], dtype=torch.long)
+    return torch.tensor([answer_ids(tokenizer, it.answer, it.prompt)[0] for it in items], dtype=torch.long)
 
 
 def _fit_tuned_lens(acts, model: str, max_tokens: int, seed: int, ridge: float) -> TunedLens | None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from palimpsest.capture import ShardedActivations, capture, encode, resolve
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.sites import get_module
+from palimpsest.devices import input_device
 
 
 def corpus_activations(model, tokenizer, site: str, corpus: Sequence[str], *, batch_size: int = 32
@@ -71,7 +72,7 @@ def site_inputs(model, tokenizer, prompts: Sequence[str], site: str, *, batch_si
     module = get_module(model, target.module_path)
     special = _special_ids(tokenizer) if skip_special else set()
     out: list[tuple[list[int], Tensor]] = []
-    device = next(model.parameters()).device
+    device = input_device(model)
     for start in range(0, len(prompts), batch_size):
         batch = encode(tokenizer, list(prompts[start:start + batch_size]))
         store: dict[str, Tensor] = {}

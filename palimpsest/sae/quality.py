@@ -10,6 +10,7 @@ from torch import Tensor
 
 from palimpsest.capture import encode, intervene, replace_with
 from palimpsest.capture.backends import forward_kwargs
+from palimpsest.devices import input_device
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def next_token_loss(model, tokenizer, texts: Sequence[str], *, edit=None, site: 
                     batch_size: int = 32) -> float:
     """Mean next-token cross-entropy over `texts`, optionally with `edit` applied at `site`."""
     total, count = 0.0, 0
-    device = next(model.parameters()).device
+    device = input_device(model)
     for start in range(0, len(texts), batch_size):
         batch = encode(tokenizer, list(texts[start:start + batch_size])).to(device)
         with intervene(model, {site: edit} if edit is not None else {}):
