@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,19 @@ def _progress():
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+def _max_memory(text: str | None) -> dict | None:
+    """--max-memory as a dict; a bad value is a one-line error before any model loads."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not value:
+        raise BadInput(f"--max-memory {text!r}: give a JSON object such as '{{\"cpu\": \"2GiB\"}}'")
+    return value
+
+
 @app.command()
 @guarded
 def info(source: Annotated[str, typer.Argument(help="HF hub id, local model directory or .gguf file")],
@@ -174,7 +188,11 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
               device: Annotated[Optional[str], typer.Option(help="cpu | cuda | mps [default: cpu]")] = None,
               dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16")] = None,
               device_map: Annotated[Optional[str], typer.Option(
-                  help="shard a model larger than one GPU across devices (accelerate), e.g. auto")] = None,
+                  help="shard a model larger than one GPU across devices (accelerate), e.g. auto or a JSON map")] = None,
+              max_memory: Annotated[Optional[str], typer.Option(
+                  help='with --device-map: the most each device may hold, JSON, e.g. \'{"cpu": "2GiB"}\'')] = None,
+              offload_folder: Annotated[Optional[Path], typer.Option(
+                  help="with --device-map: where weights that do not fit go (default: a temporary folder)")] = None,
               backend: Annotated[Optional[str], typer.Option(help="torch | transformer_lens | nnsight [default: torch]")] = None,
               batch_size: Annotated[Optional[int], typer.Option(help="[default: 32]")] = None,
               seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
@@ -192,7 +210,7 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
                           analysers=names)
     spec = load_concept(concept)
     pair = load_pair(pre, post, floor_source=floor, device=config.device, dtype=dtype, allow_pickle=allow_pickle,
-                     device_map=device_map)
+                     device_map=device_map, max_memory=_max_memory(max_memory), offload_folder=offload_folder)
     with _progress() as progress:
         task = progress.add_task("auditing", total=None)
 

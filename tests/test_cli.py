@@ -106,3 +106,21 @@ def test_validate_bad_input_exits_2_before_any_work(tmp_path):
     assert result.exit_code == 2 and "suppressed_min_residu" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "v").exists()  # nothing was started, nothing written
+
+
+def test_audit_offloads_to_disk_from_the_command_line(tiny_dir, tmp_path, concept_file):
+    """--device-map auto with a --max-memory too small for the weights offloads them to disk (--offload-folder, one
+    subfolder per model) and the audit still runs; a bad --max-memory is one line, exit 2, before any load."""
+    bad = runner.invoke(app, ["audit", "--pre", str(tiny_dir), "--post", str(tiny_dir), "--concept",
+                              str(concept_file), "--out", str(tmp_path / "bad"), "--device-map", "auto",
+                              "--max-memory", "2GiB"])
+    assert bad.exit_code == 2 and "--max-memory" in bad.output and not (tmp_path / "bad").exists()
+    folder = tmp_path / "offload"
+    result = runner.invoke(app, ["audit", "--pre", str(tiny_dir), "--post", str(tiny_dir), "--concept",
+                                 str(concept_file), "--out", str(tmp_path / "o"), "--analysers", "probes,depth",
+                                 "--device-map", "auto", "--max-memory", '{"cpu": 20000}',
+                                 "--offload-folder", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "metrics.json").is_file()
+    # each model gets its own subfolder (safetensors weights offloaded to disk are read in place, so it may stay empty)
+    assert (folder / "pre").is_dir() and (folder / "post").is_dir()
