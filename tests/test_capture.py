@@ -25,8 +25,18 @@ SITES = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "block
          "ln_final.hook_normalized"]
 
 
+@pytest.fixture(scope="module")
+def bridged(tiny_dir):
+    """A private copy of the tiny model for the transformer_lens backend: TransformerBridge wraps the HF modules in
+    place, so the session-wide `tiny` that other tests deep-copy (relearning, quantization) must never see it."""
+    from palimpsest.models import load_model
+
+    return load_model(tiny_dir)
+
+
 @pytest.mark.parametrize("position", ["last", "subject", "answer_mean"])
-def test_backends_agree(tiny, position):
+def test_backends_agree(bridged, position):
+    tiny = bridged
     ref = capture(tiny.model, tiny.tokenizer, ITEMS, SITES, position=position, backend="torch")
     for backend in ("transformer_lens", "nnsight"):
         other = capture(tiny.model, tiny.tokenizer, ITEMS, SITES, position=position, backend=backend)
@@ -35,9 +45,10 @@ def test_backends_agree(tiny, position):
             torch.testing.assert_close(other[site], ref[site], atol=1e-5, rtol=1e-5, msg=f"{backend} {site}")
 
 
-def test_transformer_lens_matches_hf_hidden_states(tiny):
+def test_transformer_lens_matches_hf_hidden_states(bridged):
     from palimpsest.capture import encode
 
+    tiny = bridged
     acts = capture(tiny.model, tiny.tokenizer, ITEMS, ["blocks.0.hook_resid_post"], position="last",
                    backend="transformer_lens")
     batch = encode(tiny.tokenizer, [it.prompt for it in ITEMS])
