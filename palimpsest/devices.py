@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 
 
+def offloaded_models(pair) -> list[str]:
+    """The roles (pre, post, floor) of a pair's models with weights on the meta device (offloaded to disk)."""
+    return [name for name, loaded in pair.models().items()
+            if any(p.device.type == "meta" for p in loaded.model.parameters())]
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """The device a forward pass's inputs must be on.
 

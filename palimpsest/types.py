@@ -74,7 +74,9 @@ FITTED_FIELDS: tuple[str, ...] = ("suppressed_min_residue", "deleted_max_residue
 Modality = Literal["text", "image"]  # text: a causal LM and prompt/answer items; image: a digits classifier
 # what an analyser needs from the runner: activations at sites, an SAE per site (built once, shared), gradients
 # through the model, a floor model (without one the analyser is skipped)
-Need = Literal["activations", "sae", "gradients", "floor"]
+# "weights": reads or copies the weight tensors (so, like "gradients" and "sae", they must not be offloaded to disk)
+Need = Literal["activations", "sae", "gradients", "floor", "weights"]
+IN_MEMORY_NEEDS = frozenset({"weights", "gradients", "sae"})
 
 
 class AnalyserConfig(BaseModel):

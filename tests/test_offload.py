@@ -170,6 +170,21 @@ def test_small_audit_of_an_offloaded_pair_equals_the_audit_in_memory(world, tmp_
     assert all(m.offloaded for m in pair.models().values())
 
 
+def test_analysers_that_need_the_weights_in_memory_are_skipped_with_the_reason(world, tmp_path):
+    """quantization, concept_vectors, pca_shift, direction_ablation read or copy the weights, relearning and mia
+    differentiate them: on an offloaded pair each is skipped (not an error, not a number) and says what to change."""
+    from palimpsest.audit import audit
+    from palimpsest.types import AuditConfig
+
+    names = ("quantization", "concept_vectors", "pca_shift", "direction_ablation", "relearning", "mia")
+    pair = load_pair(str(world["pre"]), str(world["post"]), device_map=EXPLICIT, offload_folder=tmp_path / "off")
+    got = audit(pair, CONCEPT, AuditConfig(n_bootstrap=20, analysers=names, cache_dir=str(tmp_path)))
+    for name in names:
+        result = got.analyses[name]
+        assert result.status == "skipped", (name, result.status, result.notes)
+        assert "offloaded to disk" in result.notes[0] and "--max-memory" in result.notes[0], name
+
+
 def test_offload_folders_are_per_model_and_temporary_ones_are_removed(world, tmp_path):
     pair = load_pair(str(world["pre"]), str(world["post"]), device_map=EXPLICIT, offload_folder=tmp_path / "off")
     assert isinstance(pair, ModelPair)

@@ -17,7 +17,8 @@ from palimpsest.audit.registry import load_analysers
 from palimpsest.audit.verdict import decide
 from palimpsest.capture import Activations
 from palimpsest.concepts import ConceptSpec
-from palimpsest.types import AuditConfig, Result, skipped
+from palimpsest.devices import offloaded_models
+from palimpsest.types import IN_MEMORY_NEEDS, AuditConfig, Result, skipped
 
 
 class AuditResult(BaseModel):
@@ -71,6 +72,12 @@ def run_analyser(analyser, ctx: AuditContext) -> Result:
     torch.manual_seed(ctx.config.seed)
     if "floor" in analyser.needs and ctx.pair.floor is None:
         return skipped(analyser.name, "needs a floor model (a model that never learned the concept); none was given",
+                       kind=analyser.kind)
+    offloaded = offloaded_models(ctx.pair) if ctx.modality == "text" and analyser.needs & IN_MEMORY_NEEDS else []
+    if offloaded:
+        return skipped(analyser.name, f"{', '.join(offloaded)}: weights offloaded to disk (device_map); "
+                                      f"{analyser.name} reads or differentiates the weights, so it needs them in "
+                                      "memory: give --max-memory room for the whole model, or drop --device-map",
                        kind=analyser.kind)
     try:
         result = analyser.run(ctx.for_analyser(analyser))

@@ -144,7 +144,7 @@ class PCAShift(Analyser):
     )
     Config = PCAShiftConfig
     modalities = frozenset({"text"})
-    needs = frozenset()  # its own answer-span captures and the weights; the floor is shown when there is one
+    needs = frozenset({"weights"})  # its own answer-span captures and the weights; the floor is shown when there is one
 
     def run(self, ctx) -> Result:
         """Info only, nothing calibrated: no min_items guard and no `finalize`."""

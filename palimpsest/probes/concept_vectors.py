@@ -128,7 +128,7 @@ class ConceptVectors(Analyser):
     )
     Config = ConceptVectorsConfig
     modalities = frozenset({"text"})
-    needs = frozenset()  # the weights and forward passes with ablations; reads no captures (the floor is optional)
+    needs = frozenset({"weights"})  # the weights and forward passes with ablations; reads no captures (the floor is optional)
 
     def run(self, ctx) -> Result:
         """Overridden: the calibrated similarity is scaled by the causal retention (summary causal_retention)."""

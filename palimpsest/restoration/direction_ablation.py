@@ -132,7 +132,7 @@ class DirectionAblation(Analyser):
         "post model, between the floor (the same attack on the floor model, or random directions) and the pre model."
     )
     Config = DirectionAblationConfig
-    needs = frozenset({"activations"})
+    needs = frozenset({"activations", "weights"})  # the head weight difference of an output-layer edit
 
     def measure(self, ctx) -> Result:
         opts: DirectionAblationConfig = ctx.opts

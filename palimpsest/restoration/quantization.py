@@ -64,7 +64,7 @@ class Quantization(Analyser):
         "or, without one, the quantized post model on never-trained holdout items) and the pre model's accuracy."
     )
     Config = QuantizationConfig
-    needs = frozenset()
+    needs = frozenset({"weights"})  # quantizes a copy of each model
 
     def measure(self, ctx) -> Result:
         bits_list = [int(b) for b in ctx.opts.bits]
