@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 
+def is_offloaded(model: torch.nn.Module) -> bool:
+    """Whether some parameter is on the meta device (offloaded by accelerate, or never materialised)."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
 def offloaded_models(pair) -> list[str]:
-    """The roles (pre, post, floor) of a pair's models with weights on the meta device (offloaded to disk)."""
-    return [name for name, loaded in pair.models().items()
-            if any(p.device.type == "meta" for p in loaded.model.parameters())]
+    """The roles (pre, post, floor) of a pair's models with weights offloaded to disk (see `is_offloaded`)."""
+    return [name for name, loaded in pair.models().items() if is_offloaded(loaded.model)]
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from palimpsest.concepts import ConceptSpec, Item
+from palimpsest.concepts import ConceptSpec
 from palimpsest.models import ModelLoadError, ModelPair, load_model, load_pair
+from tests.test_probes import PEOPLE, WORLD_WORDS, _people  # the same tiny world of people
 from tests.tiny import make_tiny_model
 
 pytest.importorskip("accelerate")
 
-PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
-CITIES = ["paris", "rome", "oslo", "lima"]
-JOBS = ["baker", "pilot", "nurse"]
-WORDS = [*PEOPLE, *CITIES, *JOBS, "lives", "in", "the", "city", "of", "works", "as", "a", "q", ":", "where", "does",
-         "live", "?", "answer"]
+WORDS = WORLD_WORDS
 # blocks 1 and 3 on disk between blocks on the CPU: every forward pass crosses from memory to disk and back twice
 EXPLICIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
             "model.layers.2": "cpu", "model.layers.3": "disk", "model.norm": "cpu", "lm_head": "cpu"}
@@ -30,16 +27,6 @@ PLACEMENTS = {"explicit": {"device_map": EXPLICIT}, "auto": AUTO}
 SITES = ["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post",
          "blocks.3.hook_resid_post", "blocks.3.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.3.mlp.hook_post",
          "blocks.1.attn.hook_z", "blocks.3.hook_mlp_out", "ln_final.hook_normalized"]
-
-
-def _people(names, offset=0, form="trained") -> list[Item]:
-    out = []
-    for k, person in enumerate(names, start=offset):
-        out.append(Item(prompt=f"{person} lives in the city of", answer=CITIES[k % len(CITIES)], subject=person,
-                        attribute="city", fact_id=f"{person}-city", form=form))
-        out.append(Item(prompt=f"{person} works as a", answer=JOBS[k % len(JOBS)], subject=person, attribute="job",
-                        fact_id=f"{person}-job", form=form))
-    return out
 
 
 CONCEPT = ConceptSpec(name="tiny people", keywords=tuple(PEOPLE[:3]), forget=tuple(_people(PEOPLE[:3])),

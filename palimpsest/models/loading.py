@@ -14,7 +14,7 @@ from typing import Union
 
 import torch
 
-from palimpsest.devices import input_device
+from palimpsest.devices import input_device, is_offloaded
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # accelerate's placement strategies (a string device_map names one of these or a single device)
@@ -59,11 +59,6 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         return int(self.model.config.hidden_size)
-
-
-def is_offloaded(model: torch.nn.Module) -> bool:
-    """Whether some parameter is on the meta device (offloaded by accelerate, or never materialised)."""
-    return any(p.device.type == "meta" for p in model.parameters())
 
 
 def check_device_map(device_map: DeviceMap) -> DeviceMap:

@@ -15,9 +15,8 @@ from palimpsest.capture import encode, n_layers, resolve
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.sites import get_module
 from palimpsest.concepts import Item
-from palimpsest.devices import input_device
+from palimpsest.devices import input_device, is_offloaded
 from palimpsest.models import LoadedModel
-from palimpsest.models.loading import is_offloaded
 from palimpsest.restoration.common import (
     RateMeasurement,
     calibrated_result,
