@@ -14,6 +14,7 @@ from scipy.stats import ks_2samp
 from palimpsest.audit.finalize import Measurement
 from palimpsest.behavioural.utility import EPSILON, model_utility, truth_ratio_true_better, utility_components
 from palimpsest.capture import score_answers
+from palimpsest.capture.scoring import AnswerScores
 from palimpsest.stats import bootstrap_mean_ci
 from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
@@ -87,13 +88,13 @@ def truth_ratio_statistic(item_set: str, ratios: Float[np.ndarray, " used"]) -> 
     return truth_ratio_true_better(ratios)
 
 
-def item_scores(loaded, items, batch_size: int) -> tuple[Float[np.ndarray, " n"], Float[np.ndarray, " n"],
-                                                        TruthRatios]:
-    """Per item: exact memorization and extraction strength; and the truth ratios (see `truth_ratios`)."""
+def item_scores(loaded, items, batch_size: int) -> tuple[AnswerScores, Float[np.ndarray, " n"],
+                                                        Float[np.ndarray, " n"], TruthRatios]:
+    """Per item: the answer scores, exact memorization and extraction strength; and the truth ratios."""
     scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size)
     em = np.array([exact_memorization(t) for t in scores.token_top1])
     ext = np.array([extraction_strength(t) for t in scores.token_top1])
-    return em, ext, truth_ratios(loaded.model, loaded.tokenizer, items, batch_size)
+    return scores, em, ext, truth_ratios(loaded.model, loaded.tokenizer, items, batch_size)
 
 
 def set_row(item_set: str, model_name: str, em: Float[np.ndarray, " n"], ext: Float[np.ndarray, " n"],
@@ -175,14 +176,16 @@ class Memorization(Analyser):
         figure_rows, per_item = [], []
         es: dict[tuple[str, str], np.ndarray] = {}
         tr: dict[tuple[str, str], TruthRatios] = {}
+        answer_lp: dict[tuple[str, str], np.ndarray] = {}  # mean answer log-probs, reused by model utility
         fell_back = False
         for item_set in SETS:
             items = list(concept.items(item_set))
             if not items:
                 continue
             for model_name, loaded in models.items():
-                em, ext, ratios = item_scores(loaded, items, config.batch_size)
+                scores, em, ext, ratios = item_scores(loaded, items, config.batch_size)
                 es[(item_set, model_name)], tr[(item_set, model_name)] = ext, ratios
+                answer_lp[(item_set, model_name)] = scores.mean_logprob
                 fell_back |= ratios.fell_back
                 row = set_row(item_set, model_name, em, ext, ratios)
                 summary[f"{item_set}_em_{model_name}"] = row["exact_memorization"]
@@ -201,7 +204,7 @@ class Memorization(Analyser):
         floor = pair.floor is not None
         summary.update(forget_quality_summary(tr, floor))
         if ctx.opts.utility:
-            summary.update(self._utility(ctx, tr, tables))
+            summary.update(self._utility(ctx, tr, answer_lp, tables))
         summary["n_forget"] = len(concept.forget)
         lo, hi = bootstrap_mean_ci(es[("forget", "post")], n_bootstrap=config.n_bootstrap, seed=config.seed)
         summary["forget_es_post_ci"] = [lo, hi]
@@ -220,7 +223,7 @@ class Memorization(Analyser):
                        "({floor:.2f}): nothing to calibrate",
             summary=summary, tables=tables, per_item=per_item, notes=notes, extra={"rows": figure_rows})
 
-    def _utility(self, ctx, tr: dict, tables: dict) -> dict:
+    def _utility(self, ctx, tr: dict, answer_lp: dict, tables: dict) -> dict:
         """Model utility per model (TOFU): harmonic mean of retain (probability, ROUGE-L, truth ratio) and
         neighbour (normalised probability, ROUGE-L, truth ratio) scores."""
         out: dict = {}
@@ -235,7 +238,8 @@ class Memorization(Analyser):
                 if ratios is None:
                     ratios = truth_ratios(loaded.model, loaded.tokenizer, items, ctx.config.batch_size)
                 components.update(utility_components(
-                    loaded, item_set, items, ratios.geometric, normalise=normalise,
+                    loaded, item_set, items, ratios.geometric, answer_lp.get((item_set, model_name)),
+                    normalise=normalise,
                     max_new_tokens=ctx.opts.max_new_tokens, batch_size=ctx.config.batch_size))
             out[f"model_utility_{model_name}"] = model_utility(components)
             rows.append({"model": model_name, "model_utility": out[f"model_utility_{model_name}"], **components})

@@ -62,12 +62,15 @@ def model_utility(components: dict[str, float]) -> float | None:
     return float(hmean(values)) if values else None
 
 
-def utility_components(loaded, item_set: str, items, truth_ratios: np.ndarray | None, *, normalise: bool,
-                       max_new_tokens: int, batch_size: int) -> dict[str, float]:
+def utility_components(loaded, item_set: str, items, truth_ratios: np.ndarray | None,
+                       mean_logprob: np.ndarray | None = None, *, normalise: bool, max_new_tokens: int,
+                       batch_size: int) -> dict[str, float]:
     """One retain-side set's scores: probability (normalised against the perturbed answers where `normalise`, as
-    TOFU's real-authors and world-facts sets), ROUGE-L recall of the greedy answer, and the truth ratio."""
-    scores = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size)
-    prob = answer_probability(scores.mean_logprob)
+    TOFU's real-authors and world-facts sets), ROUGE-L recall of the greedy answer, and the truth ratio.
+    `mean_logprob`: the items' mean answer log-probs when the caller has scored them already."""
+    if mean_logprob is None:
+        mean_logprob = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size).mean_logprob
+    prob = answer_probability(mean_logprob)
     out: dict[str, float] = {}
     if normalise and all(it.perturbed_answers for it in items):
         flat = [it for it in items for _ in it.perturbed_answers]
