@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml Makefile
 	# RA-SAE: overcomplete's declared requirements pull torchvision (a CUDA torch); its SAE code needs none of them
 	$(BIN)/pip install -q --no-deps 'overcomplete>=0.3'
 	$(BIN)/pip install -q 'matplotlib<3.9'
+	# PNG/SVG/PDF figures (kaleido) need a headless Chrome/Chromium: install one where none is found and we may;
+	# if that fails the install goes on and the export says what to install
+	@$(BIN)/python -c "from palimpsest.report.figures import find_browser as f; raise SystemExit(f() is None)" || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) ; } || \
+	  $(BIN)/plotly_get_chrome -y >/dev/null 2>&1 || \
+	  echo "note: no Chrome/Chromium for figure export; install one (apt-get install chromium) or run $(BIN)/plotly_get_chrome"
 	touch $(STAMP)
 
 install: $(STAMP)

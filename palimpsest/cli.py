@@ -202,13 +202,22 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
     from palimpsest.concepts import load_concept
     from palimpsest.models import load_pair
     from palimpsest.report import write_audit
+    from palimpsest.report.figures import FigureExportError, check_static_export, parse_formats
 
-    formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+    try:
+        formats = parse_formats(figures)
+    except ValueError as error:
+        raise BadInput(f"--figures: {error}") from None
     names = tuple(a.strip() for a in analysers.split(",")) if analysers else None
     # the config first: a bad file is refused before any model loads
     config = audit_config(config_file, device=device, backend=backend, batch_size=batch_size, seed=seed,
                           analysers=names)
     spec = load_concept(concept)
+    try:  # before the models load: an export that cannot happen fails now, not after the audit
+        check_static_export(formats)
+    except FigureExportError as error:
+        _say(f"[red]error:[/] {_one_line(error)}")
+        raise typer.Exit(1) from None
     pair = load_pair(pre, post, floor_source=floor, device=config.device, dtype=dtype, allow_pickle=allow_pickle,
                      device_map=device_map, max_memory=_max_memory(max_memory), offload_folder=offload_folder)
     with _progress() as progress:
@@ -218,9 +227,63 @@ def audit_cmd(pre: Annotated[str, typer.Option(help="model before unlearning")],
             progress.update(task, total=total, completed=index, description=f"auditing: {name}")
 
         result = audit(pair, spec, config, progress=step)
-    write_audit(result, out_dir, figure_formats=formats)
+    try:
+        write_audit(result, out_dir, figure_formats=formats)
+    except FigureExportError as error:
+        _say(f"[red]error:[/] {_one_line(error)}")
+        raise typer.Exit(1) from None
     out.print(f"verdict: [bold]{result.verdict}[/]" + (" (collateral)" if result.collateral else ""))
     out.print(f"report: {escape(str(out_dir / 'report.html'))}", soft_wrap=True)
+    if formats:
+        out.print(f"figures: {escape(str(out_dir / 'figures'))}", soft_wrap=True)
+
+
+@app.command(name="figures")
+@guarded
+def figures_cmd(run_dir: Annotated[Path, typer.Argument(help="a finished audit, demo or validate run's --out folder")],
+                fmt: Annotated[str, typer.Option("--format", help="comma-separated: png, svg, pdf, html")] = "png,svg",
+                out_dir: Annotated[Optional[Path], typer.Option(
+                    "--out", help="where the figures go (default: RUN_DIR/figures)")] = None,
+                width: Annotated[Optional[int], typer.Option(
+                    help="width in layout pixels (default: each figure's own, else 800)", min=50)] = None,
+                height: Annotated[Optional[int], typer.Option(
+                    help="height in layout pixels (default: each figure's own, else 480)", min=50)] = None,
+                scale: Annotated[Optional[float], typer.Option(
+                    help="PNG resolution multiplier (e.g. 3 for print at a column width)", min=0.1)] = None,
+                only: Annotated[Optional[str], typer.Option(
+                    help="comma-separated parts of figure names to keep, e.g. probes,comparison")] = None,
+                list_only: Annotated[bool, typer.Option("--list", help="print the figure names, write nothing")] = False):
+    """Redraw a finished run's figures from its saved results (no model needed): every analysis of an audit; for a
+    demo also the comparison heatmap across methods; for validate the confusion matrices, AUC and ROC curves."""
+    from palimpsest.report.figures import FigureExportError, check_static_export, parse_formats, write_figures
+    from palimpsest.report.gallery import RunDirError, run_figures
+
+    try:
+        formats = parse_formats(fmt)
+    except ValueError as error:
+        raise BadInput(f"--format: {error}") from None
+    if not formats:
+        raise BadInput("--format: give at least one of png, svg, pdf, html")
+    try:
+        if not list_only:
+            check_static_export(formats)
+        figures = run_figures(run_dir)
+        if only:
+            wanted = [part.strip() for part in only.split(",") if part.strip()]
+            figures = {name: fig for name, fig in figures.items() if any(w in name for w in wanted)}
+            if not figures:
+                raise RunDirError(f"--only {only}: no figure of {run_dir} matches")
+        if list_only:
+            for name in figures:
+                out.print(escape(name), soft_wrap=True, highlight=False)
+            return
+        target = out_dir if out_dir is not None else run_dir / "figures"
+        written = write_figures(figures, target, formats, width=width, height=height, scale=scale, style=False)
+    except (RunDirError, FigureExportError) as error:
+        _say(f"[red]error:[/] {_one_line(error)}")
+        raise typer.Exit(1) from None
+    out.print(f"wrote {len(written)} files ({len(figures)} figures as {','.join(formats)}) to "
+              f"{escape(str(target))}", soft_wrap=True)
 
 
 config_app = typer.Typer(no_args_is_help=True, help="Audit configs: print the fully resolved config.")

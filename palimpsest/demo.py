@@ -221,7 +221,7 @@ def run_organism_demo(out_dir: str | Path, *, methods=ORGANISM_METHODS, seed: in
 
 
 def register(app: typer.Typer) -> None:
-    from palimpsest.cli import BadInput, _progress, audit_config, guarded, out
+    from palimpsest.cli import BadInput, _one_line, _progress, _say, audit_config, guarded, out
 
     @app.command()
     @guarded
@@ -235,9 +235,19 @@ def register(app: typer.Typer) -> None:
              device: Annotated[Optional[str], typer.Option(help="smollm2: cpu | cuda | mps [default: cpu]")] = None,
              dtype: Annotated[Optional[str], typer.Option(help="smollm2: float32 | bfloat16 | float16")] = None):
         """Unlearn the embedded model with every method, audit each, and write DIR/index.html."""
-        formats = tuple(f.strip() for f in figures.split(",") if f.strip())
+        from palimpsest.report.figures import FigureExportError, check_static_export, parse_formats
+
+        try:
+            formats = parse_formats(figures)
+        except ValueError as error:
+            raise BadInput(f"--figures: {error}") from None
         if model not in ("organism", "smollm2", "digits"):
             raise BadInput(f"--model {model!r}: use organism, smollm2 or digits")
+        try:  # before any model is built: an export that cannot happen fails now, not after the demo
+            check_static_export(formats)
+        except FigureExportError as error:
+            _say(f"[red]error:[/] {_one_line(error)}")
+            raise typer.Exit(1) from None
         # the file's config with the flags given on top (a bad file is refused before anything is built); without
         # a file each demo uses its own default config
         config = audit_config(config_file, seed=seed, device=device if model == "smollm2" else None) \
@@ -283,3 +293,8 @@ def register(app: typer.Typer) -> None:
         for method, result in results.items():
             out.print(f"{method:>10}: {result.verdict}" + (" (collateral)" if result.collateral else ""))
         out.print(f"comparison page: {out_dir / 'index.html'}")
+        if formats and model != "digits":
+            from palimpsest.report.comparison import comparison_figure
+            from palimpsest.report.figures import write_figures
+
+            write_figures({"Comparison across methods": comparison_figure(results)}, out_dir / "figures", formats)

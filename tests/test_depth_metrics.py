@@ -10,6 +10,7 @@ from palimpsest.behavioural.depth import UnlearningDepth, bootstrap_depth_capped
 from palimpsest.behavioural.memorization import Memorization, exact_memorization, extraction_strength
 from palimpsest.behavioural.mia import MembershipInference, MIAConfig, pairwise_wins
 from palimpsest.behavioural.pca_shift import PCAShift, weight_changes
+from palimpsest.concepts import Item
 from palimpsest.types import AuditConfig, Result
 
 CONFIG = AuditConfig(n_bootstrap=200)
@@ -149,12 +150,59 @@ def test_analysers_return_serialisable_results_and_leave_models_untouched(analys
     assert torch.equal(before, after), "hooks must be removed"
 
 
-def test_depth_without_a_floor_says_it_needs_one(tiny_setup):
+def test_depth_without_a_floor_or_holdout_says_what_it_needs(tiny_setup):
     concept, _, pair_no_floor = tiny_setup
-    result = run(UnlearningDepth(), pair_no_floor, concept)
+    config = AuditConfig(n_bootstrap=50, options={"depth": {"holdout_floor": False}})
+    result = run(UnlearningDepth(), pair_no_floor, concept, config=config)
     assert result.status == "inconclusive" and result.residue is None
-    assert "floor" in result.evidence
+    assert "To make it conclusive: pass --floor MODEL" in result.evidence
     assert len(result.tables["per_layer"]) == pair_no_floor.pre.n_layers
+    few = concept.model_copy(update={"holdout": concept.holdout[:3]})  # < min_holdout_items=4
+    result = run(UnlearningDepth(), pair_no_floor, few)
+    assert result.status == "inconclusive" and "3 holdout items" in result.evidence
+
+
+def test_depth_without_a_floor_reads_s1_from_never_known_holdout_facts(tiny_setup):
+    from palimpsest.models import ModelPair
+
+    concept, pair, _ = tiny_setup
+    unchanged = run(UnlearningDepth(), ModelPair(pair.pre, pair.pre), concept, config=CONFIG)
+    assert unchanged.summary["s1_source"] == "holdout" and "never-known holdout" in unchanged.floor_source
+    assert unchanged.status == "ok" and unchanged.residue == pytest.approx(1.0)  # post == pre: S2 drops nothing
+    assert unchanged.summary["uds"] == pytest.approx(0.0, abs=1e-6)
+    moved = run(UnlearningDepth(), ModelPair(pair.pre, pair.post), concept, config=CONFIG)
+    assert moved.status == "ok" and moved.residue < unchanged.residue  # an unrelated model's states remove more
+
+
+def test_holdout_patch_with_the_items_own_prompts_changes_nothing(tiny_setup):
+    from palimpsest.behavioural.depth import counterfactual_items, holdout_patching_drops
+
+    concept, pair, _ = tiny_setup
+    items = list(concept.forget)
+    # the items as their own holdout: each source is the item itself (pool in turn), so every patch is a no-op
+    assert [c.prompt for c in counterfactual_items(items, items)] == [it.prompt for it in items]
+    base, patched = holdout_patching_drops(pair.pre, items, items, batch_size=4)
+    np.testing.assert_allclose(patched, np.repeat(base[:, None], patched.shape[1], 1), atol=1e-5)
+    # a real holdout: the source prompt is a holdout prompt, the answer the forget item's
+    cf = counterfactual_items(items, list(concept.holdout))
+    assert [c.answer for c in cf] == [it.answer for it in items]
+    assert {c.prompt for c in cf} <= {h.prompt for h in concept.holdout}
+    same_attribute = counterfactual_items(
+        [Item(prompt="x is", answer="a", attribute="job")],
+        [Item(prompt="h1 is", answer="b", attribute="city"), Item(prompt="h2 is", answer="c", attribute="job")])
+    assert same_attribute[0].prompt == "h2 is"
+
+
+def test_organism_depth_without_a_floor_tells_oracle_from_suppress(organism_pair_suppress, organism_pair_oracle,
+                                                                   organism_concept):
+    from palimpsest.models import ModelPair
+
+    results = {name: run(UnlearningDepth(), ModelPair(p.pre, p.post), organism_concept, config=CONFIG)
+               for name, p in (("suppress", organism_pair_suppress), ("oracle", organism_pair_oracle))}
+    assert all(r.summary["s1_source"] == "holdout" for r in results.values())
+    # measured (seed 0, native kernels): suppress 1.00, oracle 0.06 (bounds: margin 0.1 and 0.24)
+    assert results["suppress"].residue > 0.9, results["suppress"].residue
+    assert results["oracle"].residue < 0.3, results["oracle"].residue
 
 
 def test_depth_of_a_model_against_itself_is_one_and_of_pre_is_zero(tiny_setup):

@@ -244,7 +244,7 @@ def test_probes_on_a_tiny_pair_report_every_layer_and_variant(world):
     else:
         assert "min_gap=0.1" in result.evidence
     # without enough training items of other subjects no probe is trained, and the analyser says so
-    strict = AuditConfig(n_bootstrap=50, options={"probes": {"min_train_items": 1000}})
+    strict = AuditConfig(n_bootstrap=50, options={"probes": {"min_train_items": 1000, "mode": "answer"}})
     result = _run("probes", _world_pair(world), _world_concept(), strict)
     assert result.status == "inconclusive" and ">= 1000 items" in result.evidence
 
@@ -402,3 +402,47 @@ def test_gram_concept_scores_equal_the_full_vocabulary_projection(tiny):
     fast = VocabStats.of(tiny.model).concept_scores(vectors, token_ids)
     assert torch.allclose(fast, full, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(fast, VocabStats.of(tiny.model).concept_scores(vectors, [4, 8]), atol=1e-3)
+
+
+def _unique_answer_concept() -> ConceptSpec:
+    """The world, but the forget people's answers (lima, nurse) never occur among anyone else's."""
+    base = _world_concept()
+
+    def only(items, city, job, keep):
+        return [it.model_copy(update={"answer": city if it.attribute == "city" else job}) if keep else it
+                for it in items]
+
+    others = [it for it in (*base.neighbours, *base.retain)]
+    others = [it.model_copy(update={"answer": "paris" if it.answer == "lima" else
+                                    "baker" if it.answer == "nurse" else it.answer}) for it in others]
+    return base.model_copy(update={"forget": tuple(only(base.forget, "lima", "nurse", True)),
+                                   "paraphrases": tuple(only(base.paraphrases, "lima", "nurse", True)),
+                                   "neighbours": tuple(others[:len(base.neighbours)]),
+                                   "retain": tuple(others[len(base.neighbours):])})
+
+
+def test_probes_switch_to_a_truth_probe_when_forget_answers_never_recur(world):
+    config = AuditConfig(n_bootstrap=50, options={"probes": {"min_train_items": 4, "cv_folds": 1}})
+    answer = _run("probes", _world_pair(world, floor=None), _world_concept(), config)
+    assert answer.summary["mode"] == "answer"
+    result = _run("probes", _world_pair(world, floor=None), _unique_answer_concept(), config)
+    assert result.summary["mode"] == "truth" and "0% of the forget answers" in result.summary["mode_reason"]
+    # no floor model: the floor is the never-known holdout facts, read by the pre model's truth probe
+    assert result.floor_source.startswith("never-known holdout facts")
+    assert result.summary["n_holdout_items"] == len(_world_concept().holdout)
+    rows = result.tables["per_layer"]
+    assert {r["variant"] for r in rows} == {"pre", "post", "transfer", "shuffled", "holdout_pre", "holdout_post"}
+    assert {r["position"] for r in rows} == {"statement"} and {r["layer"] for r in rows} == {0, 1, 2}
+    assert set(result.figures) == {"Probe accuracy per layer (statement position)"}
+    # a random tiny model tells no truth: at chance on the forget facts too, so no residue is read
+    assert result.status in ("ok", "inconclusive")
+    if result.status == "inconclusive":
+        assert "min_gap=0.1" in result.evidence
+    # with a floor model the floor model is the floor, item for item
+    floored = _run("probes", _world_pair(world), _unique_answer_concept(), config)
+    assert floored.floor_source.startswith("floor model") and "floor" in {r["variant"] for r in
+                                                                          floored.tables["per_layer"]}
+    # too few training items: inconclusive, and the report says what would make it conclusive
+    strict = AuditConfig(n_bootstrap=50, options={"probes": {"mode": "truth", "min_train_items": 1000}})
+    result = _run("probes", _world_pair(world), _world_concept(), strict)
+    assert result.status == "inconclusive" and "to make it conclusive" in result.evidence

@@ -31,7 +31,7 @@ def token_heatmaps(pairs: Sequence[tuple[str, TokenAttribution, TokenAttribution
             hovertemplate="%{text}: %{z:.3f}<extra>%{y}</extra>"), row=row, col=1)
         fig.update_xaxes(showticklabels=False, row=row, col=1)
     fig.update_layout(title=f"Prompt attribution ({method}) of the answer's mean log-probability, pre vs post",
-                      height=170 * n + 80, template="plotly_white", margin={"l": 50, "r": 20, "t": 80, "b": 20})
+                      height=170 * n + 80, margin={"l": 50, "r": 20, "t": 80, "b": 20})
     return fig
 
 
@@ -47,7 +47,7 @@ def share_distribution(rows: Sequence[dict]) -> go.Figure:
                 ys.append(value)
         fig.add_trace(go.Box(x=xs, y=ys, name=model, marker_color=COLOURS[model], boxpoints="all", jitter=0.3))
     fig.update_layout(boxmode="group", title="Share of attribution on the item's keywords (subject + concept keywords)",
-                      yaxis={"title": "keyword share of |attribution|", "range": [0, 1.05]}, template="plotly_white",
+                      yaxis={"title": "keyword share of |attribution|", "range": [0, 1.05]},
                       height=380)
     return fig
 
@@ -59,5 +59,5 @@ def recovery_bars(rows: Sequence[dict], models: Sequence[str]) -> go.Figure:
         fig.add_bar(name=model, x=[r["kind"] for r in rows], y=[r.get(f"top1_{model}") for r in rows],
                     marker_color=COLOURS.get(model))
     fig.update_layout(barmode="group", title="Answers recovered by keyword-emphasis rewrites (top-1 rate)",
-                      yaxis={"title": "top-1 rate", "range": [0, 1.05]}, template="plotly_white", height=360)
+                      yaxis={"title": "top-1 rate", "range": [0, 1.05]}, height=360)
     return fig

@@ -50,6 +50,9 @@ class DepthConfig(AnalyserConfig):
     min_delta: float = 0.05  # depth_capped: a layer counts when the item-averaged (capped) floor drop exceeds this
     # depth_capped: floor = cap each item's drop at log p_pre − log(floor's mean answer probability); none: no cap
     cap: Literal["floor", "none"] = "floor"
+    # without a floor model, S1 comes from never-known holdout facts (holdout_patching_drops; span=answer only)
+    holdout_floor: bool = True
+    min_holdout_items: int = Field(4, ge=1)
 
 
 def patch_mask(batch: EncodedBatch, span: PatchSpan = "answer") -> Bool[Tensor, "batch pos"]:
@@ -99,6 +102,63 @@ def patching_drops(
                 with intervene(target.model, {site: replace_with(states[site], mask)}):
                     logits = target.model(**forward_kwargs(batch)).logits
                 per_layer.append(_mean_answer_logprob(logits, batch))
+        patched.append(torch.stack(per_layer, dim=1))
+    return torch.cat(base).double().numpy(), torch.cat(patched).double().numpy()
+
+
+def counterfactual_items(items, holdout) -> list:
+    """Per forget item: a never-known holdout item's prompt (same attribute where one exists, in turn) carrying the
+    forget item's answer, e.g. "The capital of Tuvalu is" + " Paris"."""
+    from palimpsest.concepts import Item
+
+    by_attribute: dict = {}
+    for h in holdout:
+        by_attribute.setdefault(h.attribute, []).append(h)
+    used: dict = {}
+    out = []
+    for it in items:
+        pool = by_attribute.get(it.attribute) or list(holdout)
+        turn = used.get(id(pool), 0)
+        used[id(pool)] = turn + 1
+        source = pool[turn % len(pool)]
+        out.append(Item(prompt=source.prompt, answer=it.answer, subject=source.subject, attribute=it.attribute))
+    return out
+
+
+def holdout_patching_drops(
+    target, items, holdout, *, backend: str = "torch", batch_size: int = 32
+) -> tuple[Float[np.ndarray, " n"], Float[np.ndarray, "n layers"]]:
+    """(log p_target, log p_target with its own states from a never-known fact patched in at layer l) per item.
+
+    The source of item i is the target model itself on a holdout prompt (a fact it never knew) followed by item
+    i's answer; the positions predicting the answer tokens are patched one for one (span "answer"). It stands in
+    for S1 when there is no floor model: the state of a model that does not know this fact, at each layer.
+    Items whose answer tokenises to a different length after the holdout prompt get NaN rows.
+    """
+    sites = resid_post_sites(target.model)
+    sources = counterfactual_items(items, holdout)
+    base, patched = [], []
+    device = input_device(target.model)
+    for start in range(0, len(items), batch_size):
+        chunk, src_chunk = items[start:start + batch_size], sources[start:start + batch_size]
+        batch = encode(target.tokenizer, [it.prompt for it in chunk], [it.answer for it in chunk],
+                       [it.subject for it in chunk]).to(device)
+        src = encode(target.tokenizer, [it.prompt for it in src_chunk], [it.answer for it in src_chunk],
+                     [it.subject for it in src_chunk]).to(device)
+        _, states = run_and_capture(target.model, target.tokenizer, src, sites, backend)
+        mask, src_mask = patch_mask(batch, "answer"), patch_mask(src, "answer")
+        aligned = mask.sum(1) == src_mask.sum(1)
+        mask = mask & aligned[:, None]
+        with torch.inference_mode():
+            base.append(_mean_answer_logprob(target.model(**forward_kwargs(batch)).logits, batch))
+            per_layer = []
+            for site in sites:
+                moved = torch.zeros(*mask.shape, states[site].shape[-1], dtype=states[site].dtype, device=device)
+                moved[mask] = states[site][src_mask & aligned[:, None]].to(device)  # row-major: one for one
+                with intervene(target.model, {site: replace_with(moved, mask)}):
+                    logits = target.model(**forward_kwargs(batch)).logits
+                per_layer.append(torch.where(aligned.to(logits.device), _mean_answer_logprob(logits, batch),
+                                             torch.nan))
         patched.append(torch.stack(per_layer, dim=1))
     return torch.cat(base).double().numpy(), torch.cat(patched).double().numpy()
 
@@ -223,8 +283,9 @@ class UnlearningDepth(Analyser):
         "where S1 drops that example's answer by more than tau; UDS is its mean over examples. depth_capped is "
         "palimpsest's variant: the same share over item-averaged drops capped at the floor. Residue = 1 − the "
         "chosen score (option `score`): 1 when the post model left every layer deletion needs unchanged (e.g. only "
-        "the output head moved), 0 when it changed them as much as the retain model. Without a floor model the "
-        "score cannot be computed; S2's per-layer drops are still shown."
+        "the output head moved), 0 when it changed them as much as the retain model. Without a floor model, S1 is "
+        "the pre model's own states on a never-known holdout prompt followed by the forget answer (a fact it never "
+        "knew); without holdout facts either, the score cannot be computed and S2's per-layer drops are shown."
     )
     Config = DepthConfig
     modalities = frozenset({"text"})
@@ -239,10 +300,24 @@ class UnlearningDepth(Analyser):
         d2_items = base[:, None] - post_patched
         notes = [f"patched span: {opts.span} positions at every blocks.{{l}}.hook_resid_post, one layer at a time; "
                  "Δ = mean over answer tokens of log p_pre − mean over answer tokens of log p_patched"]
-        if pair.floor is None:
-            return self._s2_only(d2_items, len(items), opts, notes, ctx)
-
-        _, floor_patched = patching_drops(pair.pre, pair.floor, items, **kwargs)
+        holdout = list(ctx.concept.holdout)
+        if pair.floor is None and not (opts.holdout_floor and opts.span == "answer"
+                                       and len(holdout) >= opts.min_holdout_items):
+            return self._s2_only(d2_items, len(items), opts, notes, ctx, len(holdout))
+        if pair.floor is not None:
+            _, floor_patched = patching_drops(pair.pre, pair.floor, items, **kwargs)
+            floor_source = "floor model (retain/oracle) patched in as S1"
+        else:
+            _, floor_patched = holdout_patching_drops(pair.pre, items, holdout, backend=config.backend,
+                                                      batch_size=config.batch_size)
+            floor_source = (f"never-known holdout facts ({len(holdout)} items): the pre model's own states on a "
+                            "holdout prompt + the forget answer patched in as S1")
+            kept = np.isfinite(floor_patched).all(1)
+            notes.append(f"no floor model: S1 = the pre model's states on \"holdout prompt + forget answer\" (a fact "
+                         f"it never knew), patched at the positions predicting the answer; {int(kept.sum())} of "
+                         f"{len(items)} items align token for token and are scored")
+            items, base, d2_items, floor_patched = ([it for it, k in zip(items, kept) if k], base[kept],
+                                                    d2_items[kept], floor_patched[kept])
         d1_items = base[:, None] - floor_patched
         uds_score, n_used = uds(d1_items, d2_items, opts.tau)
         n_excluded = len(items) - n_used
@@ -256,11 +331,16 @@ class UnlearningDepth(Analyser):
         # floor, not deletion.
         c1, c2, cap = d1_items, d2_items, None
         if opts.cap == "floor":
-            level = float(np.log(np.mean(np.exp(_own_logprob(pair.floor, items, config.batch_size)))))
+            # the level of not knowing: the floor model on the forget answers, else the pre model on the answers of
+            # holdout facts it never knew
+            level = float(np.log(np.mean(np.exp(
+                _own_logprob(pair.floor, items, config.batch_size) if pair.floor is not None
+                else _own_logprob(pair.pre, holdout, config.batch_size)))))
             c1, c2 = cap_drops(d1_items, d2_items, base, level)
             cap = np.clip(base - level, 0.0, None)
             notes.append(f"depth_capped (palimpsest's variant, not UDS): each item's Δ is capped at log p_pre − "
-                         f"{level:.2f}, the log of the floor model's mean answer probability, then one ratio of "
+                         f"{level:.2f}, the log of the mean answer probability of a model that does not know the "
+                         "answers (the floor model's, else the pre model's on never-known holdout facts), then one ratio of "
                          f"item-averaged drops over layers with mean Δ^S1 > min_delta={opts.min_delta}")
         d1_capped, d2_capped = c1.mean(0), c2.mean(0)
         capped_score = depth_capped_score(d1_capped, d2_capped, opts.min_delta)
@@ -271,12 +351,13 @@ class UnlearningDepth(Analyser):
                    "delta_s1": d1_items.mean(0).tolist(), "delta_s2": d2_items.mean(0).tolist(),
                    "delta_s1_capped": d1_capped.tolist(), "delta_s2_capped": d2_capped.tolist(),
                    "n_items": len(items), "span": opts.span, "tau": opts.tau, "min_delta": opts.min_delta,
-                   "cap": opts.cap, "logprob_pre": float(base.mean())}
+                   "cap": opts.cap, "logprob_pre": float(base.mean()),
+                   "s1_source": "floor_model" if pair.floor is not None else "holdout"}
         common = dict(summary=summary,
                       tables={"per_layer": per_layer_rows(d1_items, d2_items, opts.tau, d1_capped, d2_capped,
                                                           opts.min_delta)},
                       per_item=per_item_rows(items, d1_items, d2_items, opts.tau, cap),
-                      floor_source="floor model (retain/oracle) patched in as S1")
+                      floor_source=floor_source)
         if chosen is None:
             why = (f"no example has a layer where patching the floor model in drops its answer by more than "
                    f"tau={opts.tau}" if opts.score == "uds" else
@@ -292,12 +373,17 @@ class UnlearningDepth(Analyser):
         return self._with_figures(result, *shown, ctx)
 
     def _s2_only(self, d2_items: Float[np.ndarray, "n layers"], n_items: int, opts: DepthConfig,
-                 notes: list[str], ctx) -> Result:
-        """Without a floor model: inconclusive, with the post model's per-layer drops (S2)."""
+                 notes: list[str], ctx, n_holdout: int) -> Result:
+        """Without a floor model or holdout facts: inconclusive, with the post model's per-layer drops (S2)."""
         d2 = d2_items.mean(0)
+        why = (f"the concept has {n_holdout} holdout items (< min_holdout_items={opts.min_holdout_items})"
+               if opts.holdout_floor and opts.span == "answer" else
+               "holdout_floor is off" if not opts.holdout_floor else f"span={opts.span} (the holdout S1 patches span=answer)")
         result = inconclusive(
-            self.name, "the depth score needs a floor (retain/oracle) model as S1; only the post model's per-layer "
-            "drops (S2) are reported", kind="residue",
+            self.name, f"the depth score needs an S1: a floor (retain/oracle) model, or never-known holdout facts "
+            f"({why}); only the post model's per-layer drops (S2) are reported. To make it conclusive: pass "
+            f"--floor MODEL, or add >= {opts.min_holdout_items} holdout items (facts the pre model never knew)",
+            kind="residue",
             summary={"depth": None, "uds": None, "depth_capped": None, "score": opts.score, "delta_s2": d2.tolist(),
                      "n_items": n_items, "span": opts.span},
             tables={"per_layer": [{"layer": i, "delta_s2": round(float(d2[i]), 4)} for i in range(len(d2))]})

@@ -66,7 +66,9 @@ class CKA(Analyser):
             # level even when it never learned the items (oracle retrain: ~0.5 on the organism), so no verdict
             result = inconclusive(self.name, "no floor model: CKA needs a model that never learned the items to say "
                                              "what 'deleted' looks like (mismatched-item chance CKA "
-                                             f"{measured.floor:.3f} is not one); per-layer CKA is reported",
+                                             f"{measured.floor:.3f} is not one); per-layer CKA is reported. To make it conclusive: pass "
+                                             "--floor MODEL (a model never trained on the items, e.g. the retain "
+                                             "model)",
                                   floor=measured.floor, ceiling=measured.ceiling, post=measured.post[0],
                                   floor_source=measured.floor_source, summary=measured.summary,
                                   tables=measured.tables)

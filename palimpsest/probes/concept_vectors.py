@@ -172,7 +172,10 @@ class ConceptVectors(Analyser):
         if effect_pre < opts.min_causal_effect:
             result = inconclusive(self.name, f"the top concept vectors are not causal on the pre model: ablating them "
                                              f"lowers the forget answers' log-odds by {drop_pre:.3f} vs "
-                                             f"{rand_pre:.3f} for random vectors (effect < {opts.min_causal_effect})",
+                                             f"{rand_pre:.3f} for random vectors (effect < {opts.min_causal_effect}). "
+                                             "No honest floor exists then: the concept is not stored in single MLP "
+                                             "value vectors of this model (more forget items or keywords naming the "
+                                             "answers may find causal ones)",
                                   **common)
             result.notes.extend(notes)
             return result
@@ -201,7 +204,7 @@ class ConceptVectors(Analyser):
         labels = [f"L{r['layer']}#{r['index']}" for r in rows]
         for name in measured.extra["models"]:
             fig.add_trace(go.Bar(x=labels, y=[r[f"cosine_{name}"] for r in rows], name=f"cos(pre, {name})"))
-        fig.update_layout(title="Concept vectors: cosine similarity with the pre model", template="plotly_white",
+        fig.update_layout(title="Concept vectors: cosine similarity with the pre model",
                           yaxis_title="cosine", barmode="group")
         return {"Concept vector similarity": fig}
 

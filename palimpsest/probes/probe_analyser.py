@@ -7,10 +7,19 @@ from typing import Literal
 import numpy as np
 
 from palimpsest.audit.finalize import Measurement
-from palimpsest.capture import layer_of, resid_post_sites
-from palimpsest.probes.data import ProbeSplit, gather, probe_splits
-from palimpsest.probes.figures import per_layer_figure
+from palimpsest.capture import capture, layer_of, resid_post_sites
+from palimpsest.probes.data import TEST_SETS, TRAIN_SETS, ProbeSplit, gather, probe_splits
+from palimpsest.probes.figures import probe_accuracy_figures
 from palimpsest.probes.linear import fit_probe, grouped_cv_accuracy, shuffle_by_group, true_label_scores
+from palimpsest.probes.truth import (
+    Statements,
+    answer_pool,
+    fit_truth_probe,
+    item_scores,
+    shuffled_labels,
+    statements,
+    truth_items,
+)
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 VARIANTS = ("pre", "post", "floor", "transfer", "shuffled")
@@ -66,6 +75,12 @@ class ProbesConfig(AnalyserConfig):
     min_gap: float = 0.1  # the pre model's probe must beat the floor by this (true-answer probability)
     min_train_items: int = 8  # an attribute is probed only with at least this many training items of other subjects
     sites: tuple[str, ...] | None = None  # the sites probed (None: every residual-stream site of the pre model)
+    # answer: a probe per attribute classifies the answer (labels must recur across subjects); truth: a probe
+    # tells true statements from false ones (probes/truth.py); auto: answer where at least half the forget answers
+    # occur among other subjects' answers, else truth
+    mode: Literal["auto", "answer", "truth"] = "auto"
+    n_false: int = 3  # truth: false candidates per item (its perturbed answers, else other answers to the attribute)
+    min_holdout_items: int = 4  # truth: the never-known holdout floor needs this many holdout items
 
 
 @register
@@ -89,10 +104,19 @@ class LinearProbes(Analyser):
     def measure(self, ctx) -> Measurement | Result:
         opts: ProbesConfig = ctx.opts
         splits = [s for s in probe_splits(ctx.concept) if len(s.train) >= opts.min_train_items and s.n_classes >= 2]
+        seen = float(np.mean([s.test_labels_seen for s in splits])) if splits else 0.0
+        if opts.mode == "truth" or (opts.mode == "auto" and (not splits or seen < 0.5)):
+            why = ("mode=truth" if opts.mode == "truth" else
+                   f"auto: only {seen:.0%} of the forget answers occur among other subjects' answers, so an answer "
+                   "classifier cannot name them" if splits else
+                   f"auto: no attribute has >= {opts.min_train_items} training items of other subjects with >= 2 "
+                   "answers for an answer classifier")
+            return self._measure_truth(ctx, why)
         if not splits:
             return inconclusive(self.name, "no attribute has enough training items of other subjects "
-                                           f"(>= {opts.min_train_items} items, >= 2 answers) to train a probe")
-        seen = float(np.mean([s.test_labels_seen for s in splits]))
+                                           f"(>= {opts.min_train_items} items, >= 2 answers) to train a probe; "
+                                           "to make it conclusive: add retain/neighbour items of other subjects "
+                                           "sharing the forget answers, or use mode=truth")
         has_floor = ctx.pair.floor is not None
         floor_key = "floor" if has_floor else "shuffled"
         floor_source = "floor model (never learned the items)" if has_floor else \
@@ -105,7 +129,7 @@ class LinearProbes(Analyser):
         cv = {m: _cv_accuracy(ctx.acts, m, best[0], best[1], splits, folds=opts.cv_folds, c=opts.C)
               if opts.cv_folds > 1 else None for m in ("pre", "post")}
         summary = {
-            "best_site": best[0], "best_position": best[1], "n_test_items": int(len(res["prob"]["pre"])),
+            "mode": "answer", "best_site": best[0], "best_position": best[1], "n_test_items": int(len(res["prob"]["pre"])),
             "attributes": [s.attribute for s in splits], "test_answers_seen_in_training": seen,
             **{f"acc_{v}": float(res["acc"][v].mean()) for v in res["acc"]},
             **{f"prob_{v}": float(res["prob"][v].mean()) for v in res["prob"]},
@@ -140,12 +164,106 @@ class LinearProbes(Analyser):
                                  "prob_true": float(values.mean()), "accuracy": float(res["acc"][variant].mean())})
         return rows, scores
 
+    def _measure_truth(self, ctx, why: str) -> Measurement | Result:
+        """The truth-probe measurement (probes/truth.py): floor = the floor model, else never-known holdout facts
+        read by the pre model's probe, else labels shuffled within each item."""
+        opts: ProbesConfig = ctx.opts
+        concept, seed = ctx.concept, ctx.config.seed
+        train_items, test_items = truth_items(concept, TEST_SETS, TRAIN_SETS)
+        pool = answer_pool([it for _, _, it in concept.all_items()])
+        sets = {"train": statements(train_items, pool, n_false=opts.n_false, seed=seed),
+                "test": statements(test_items, pool, n_false=opts.n_false, seed=seed + 1),
+                "holdout": statements(concept.holdout, pool, n_false=opts.n_false, seed=seed + 2)}
+        if sets["train"].n_items < opts.min_train_items or sets["test"].n_items == 0:
+            return inconclusive(self.name, f"truth probe: {sets['train'].n_items} training items of other subjects "
+                                f"with a false candidate (needs >= {opts.min_train_items}) and "
+                                f"{sets['test'].n_items} forget items; to make it conclusive: add retain/neighbour "
+                                "items of other subjects (with perturbed_answers, or sharing an attribute)")
+        has_floor = ctx.pair.floor is not None
+        has_holdout = sets["holdout"].n_items >= opts.min_holdout_items
+        models = ["pre", "post"] + (["floor"] if has_floor else [])
+        sites = list(opts.sites) if opts.sites is not None else list(resid_post_sites(ctx.pair.pre.model))
+        feats = {m: {name: _statement_acts(ctx, m, st, sites) for name, st in sets.items() if len(st)}
+                 for m in models}
+        floor_key = "floor" if has_floor else "holdout_pre" if has_holdout else "shuffled"
+        floor_source = {"floor": "floor model (never learned the items)",
+                        "holdout_pre": f"never-known holdout facts ({sets['holdout'].n_items} items) read by the "
+                                       "pre model's truth probe",
+                        "shuffled": "truth probe trained on labels shuffled within each item"}[floor_key]
+        rows, scores = [], {}
+        for site in sites:
+            res = _truth_site_scores(feats, models, site, sets, has_holdout, c=opts.C, seed=seed)
+            scores[site] = res
+            for variant, values in res["prob"].items():
+                rows.append({"layer": layer_of(site), "site": site, "position": "statement", "variant": variant,
+                             "prob_true": float(values.mean()), "accuracy": float(res["acc"][variant].mean())})
+        # the site where the pre model's probe is furthest above the floor; chosen without looking at post
+        gaps = {site: res["prob"]["pre"].mean() - res["prob"][floor_key].mean() for site, res in scores.items()}
+        best = max(gaps, key=gaps.get)
+        res = scores[best]
+        chance = float(res["chance"].mean())
+        summary = {"mode": "truth", "mode_reason": why, "best_site": best, "best_position": "statement",
+                   "n_train_items": sets["train"].n_items, "n_test_items": sets["test"].n_items,
+                   "n_holdout_items": sets["holdout"].n_items, "chance": chance,
+                   **{f"acc_{v}": float(res["acc"][v].mean()) for v in res["acc"]},
+                   **{f"prob_{v}": float(res["prob"][v].mean()) for v in res["prob"]}}
+        notes = [f"truth probe ({why}): true vs false statements of other subjects, read at the statement's last "
+                 f"token; residue read at {best}, where the pre model's probe is furthest above the floor "
+                 f"({gaps[best]:.2f} in P(true statement); chance {chance:.2f})"]
+        if has_holdout and not has_floor:
+            notes.append(f"never-known holdout floor: pre {res['prob']['holdout_pre'].mean():.2f}, post "
+                         f"{res['prob']['holdout_post'].mean():.2f}; shuffled-label floor "
+                         f"{res['prob']['shuffled'].mean():.2f}")
+        if not has_floor and not has_holdout:
+            notes.append(f"no floor model and {sets['holdout'].n_items} holdout items (< min_holdout_items="
+                         f"{opts.min_holdout_items}): the floor is the shuffled-label probe; add never-known holdout "
+                         "items or pass --floor for a stronger one")
+        test_rows = [test_items[i] for i in sets["test"].kept]
+        per_item = [{"prompt": it.prompt, "answer": it.answer, "subject": it.subject,
+                     **{f"p_{v}": float(res["prob"][v][i]) for v in ("pre", "post", "transfer", "shuffled")}}
+                    for i, it in enumerate(test_rows)]
+        return Measurement(
+            post=res["prob"]["post"], floor=res["prob"][floor_key], ceiling=res["prob"]["pre"],
+            floor_source=floor_source, paired=floor_key in ("floor", "shuffled"), min_gap=opts.min_gap,
+            gap=float(gaps[best]),
+            degenerate=("the truth probe on the pre model does not tell the forget facts' true statements above the "
+                        f"floor ({floor_source}: gap {gaps[best]:.2f} < min_gap={opts.min_gap}); no residue can be "
+                        "measured"),
+            evidence=("a truth probe trained on other subjects still tells the forgotten facts' true statements from "
+                      f"false ones in the post model with p={{post:.2f}} (pre {{ceiling:.2f}}, floor {{floor:.2f}}, "
+                      f"chance {chance:.2f}) at {best}"),
+            summary=summary, per_item=per_item, tables={"per_layer": rows}, notes=notes)
+
     def figures(self, measured: Measurement, ctx) -> dict:
         rows = measured.tables["per_layer"]
-        return {f"Probe accuracy per layer ({position} position)": per_layer_figure(
-            [r for r in rows if r["position"] == position], x="layer", y="accuracy", series="variant",
-            title=f"Probe accuracy on forget items, {position} position", y_title="accuracy")
-            for position in ctx.opts.positions}
+        positions = list(dict.fromkeys(r["position"] for r in rows))
+        return probe_accuracy_figures(rows, positions, n=measured.summary.get("n_test_items"))
+
+
+def _statement_acts(ctx, model: str, stmts: Statements, sites: list[str]) -> dict:
+    """Every site's activation at each statement's last token (one forward pass per batch reads all sites)."""
+    loaded = ctx.acts.models[model]
+    return capture(loaded.model, loaded.tokenizer, list(stmts.texts), sites, position="last",
+                   backend=ctx.config.backend, batch_size=ctx.config.batch_size, model_name=model)
+
+
+def _truth_site_scores(feats: dict, models: list[str], site: str, sets: dict[str, Statements], has_holdout: bool,
+                       *, c: float, seed: int) -> dict:
+    """Per-item P(true statement) and correctness of every truth-probe variant at one site."""
+    def x(model: str, name: str):
+        return feats[model][name][site].double().numpy()
+
+    train, test, holdout = sets["train"], sets["test"], sets["holdout"]
+    probes = {m: fit_truth_probe(x(m, "train"), train.labels, c=c) for m in models}
+    out = {m: item_scores(probes[m], x(m, "test"), test) for m in models}
+    out["transfer"] = item_scores(probes["pre"], x("post", "test"), test)
+    control = fit_truth_probe(x("post", "train"), shuffled_labels(train, seed=seed), c=c)
+    out["shuffled"] = item_scores(control, x("post", "test"), test)
+    if has_holdout:
+        out["holdout_pre"] = item_scores(probes["pre"], x("pre", "holdout"), holdout)
+        out["holdout_post"] = item_scores(probes["post"], x("post", "holdout"), holdout)
+    return {"prob": {v: r[0] for v, r in out.items()}, "acc": {v: r[1] for v, r in out.items()},
+            "chance": out["pre"][2]}
 
 
 def _per_item(concept, splits: list[ProbeSplit], res: dict) -> list[dict]:

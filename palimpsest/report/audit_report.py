@@ -10,11 +10,14 @@ import plotly.graph_objects as go
 from palimpsest.audit.registry import load_analysers
 from palimpsest.audit.runner import AuditResult, metrics_json
 from palimpsest.io import atomic_dir
-from palimpsest.report.figures import export_figures
+from palimpsest.report.figures import FigureExportError, check_static_export, export_figures, parse_formats
 from palimpsest.report.html import FigureCounter, badge, esc, key_values, page, result_section, table
+from palimpsest.report.style import OKABE_ITO, style_figure, threshold_line
 
 
 def residue_figure(result: AuditResult) -> go.Figure:
+    """Calibrated residue per residue analysis with its 95% CI, the verdict's two thresholds drawn; grey bars did
+    not conclude (their residue, if any, is not evidence)."""
     names, values, lows, highs, colours = [], [], [], [], []
     for name, r in result.analyses.items():
         if r.kind != "residue" or r.residue is None:
@@ -24,17 +27,16 @@ def residue_figure(result: AuditResult) -> go.Figure:
         lo, hi = r.ci if r.ci else (r.residue, r.residue)
         lows.append(r.residue - lo)
         highs.append(hi - r.residue)
-        colours.append("#e76f51" if r.status == "ok" else "#bbbbbb")
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours,
+        colours.append(OKABE_ITO["blue"] if r.status == "ok" else "#bbbbbb")
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours, name="residue",
                            error_y=dict(type="data", symmetric=False, array=highs, arrayminus=lows)))
     cfg = result.config
-    fig.add_hline(y=cfg.suppressed_min_residue, line_dash="dash", line_color="#e76f51",
-                  annotation_text=f"suppressed_min_residue={cfg.suppressed_min_residue}")
-    fig.add_hline(y=cfg.deleted_max_residue, line_dash="dot", line_color="#2a9d8f",
-                  annotation_text=f"deleted_max_residue={cfg.deleted_max_residue}")
-    fig.update_layout(yaxis=dict(title="calibrated residue (0 = floor, 1 = pre)", range=[0, 1.05]), height=380,
-                      margin=dict(l=50, r=20, t=30, b=80))
-    return fig
+    threshold_line(fig, "suppressed_min_residue", cfg.suppressed_min_residue)
+    threshold_line(fig, "deleted_max_residue", cfg.deleted_max_residue)
+    fig.update_layout(yaxis=dict(title="calibrated residue (0 = floor, 1 = pre)", range=[0, 1.05]), height=420,
+                      xaxis=dict(title="analysis", tickangle=-40), showlegend=False,
+                      margin=dict(l=60, r=150, t=30, b=110))
+    return style_figure(fig)
 
 
 def config_section(config) -> str:
@@ -58,8 +60,15 @@ def config_section(config) -> str:
 
 def render_report(result: AuditResult, analysers: dict | None = None) -> str:
     """`analysers` gives section titles and descriptions (default: the language-model registry)."""
+    from palimpsest.report.gallery import OVERVIEW, audit_figures
+
     analysers = load_analysers() if analysers is None else analysers
     figures = FigureCounter()
+    styled = audit_figures(result)
+
+    def shown(r) -> dict:
+        return {key.split("/", 1)[1]: fig for key, fig in styled.items() if key.split("/", 1)[0] == r.name}
+
     concept = result.concept
     parts = [
         f"<h1>palimpsest audit: {esc(concept.name)}</h1>",
@@ -80,14 +89,16 @@ def render_report(result: AuditResult, analysers: dict | None = None) -> str:
         overview.append({"analysis": name, "kind": r.kind, "status": r.status, "residue": r.residue,
                          "ci": list(r.ci) if r.ci else None, "floor source": r.floor_source, "evidence": r.evidence})
     parts.append("<h2>Residue overview</h2>")
-    parts.append(figures.div(residue_figure(result).to_json(), "Calibrated residue per analysis (95% bootstrap CI)"))
+    parts.append(figures.div(styled[OVERVIEW].to_json(), "Calibrated residue per analysis (95% bootstrap CI)"))
     parts.append(table(overview))
     if result.behaviour is not None:
         analyser = analysers.get("behaviour")
-        parts.append(result_section(result.behaviour, "Behaviour", getattr(analyser, "description", ""), figures))
+        parts.append(result_section(result.behaviour, "Behaviour", getattr(analyser, "description", ""), figures,
+                                    shown(result.behaviour)))
     for name, r in result.analyses.items():
         analyser = analysers.get(name)
-        parts.append(result_section(r, getattr(analyser, "title", name), getattr(analyser, "description", ""), figures))
+        parts.append(result_section(r, getattr(analyser, "title", name), getattr(analyser, "description", ""), figures,
+                                    shown(r)))
     parts.append(config_section(result.config))
     parts.append("<h2>Concept items</h2>")
     for item_set, items in (("forget", concept.forget), ("paraphrases", concept.paraphrases),
@@ -101,12 +112,21 @@ def render_report(result: AuditResult, analysers: dict | None = None) -> str:
 
 def write_audit(result: AuditResult, out_dir: str | Path, *, figure_formats: tuple[str, ...] = (),
                 analysers: dict | None = None) -> Path:
-    """Write report.html, metrics.json and results.json into `out_dir` (replaced whole, never half-written)."""
+    """Write report.html, metrics.json and results.json into `out_dir` (replaced whole, never half-written), then
+    the figures in `figure_formats` into out_dir/figures (all or none). A figure that cannot be exported raises
+    FigureExportError after the report is written: `palimpsest figures DIR` redraws them once fixed."""
     out_dir = Path(out_dir)
+    formats = parse_formats(figure_formats)
     with atomic_dir(out_dir) as tmp:
         (tmp / "report.html").write_text(render_report(result, analysers), encoding="utf-8")
         (tmp / "metrics.json").write_text(metrics_json(result), encoding="utf-8")
         (tmp / "results.json").write_text(result.model_dump_json(), encoding="utf-8")
-        if figure_formats:
-            export_figures(result, tmp / "figures", figure_formats)
+    if formats:
+        try:
+            check_static_export(formats, what=f"the figures of {out_dir}")
+            with atomic_dir(out_dir / "figures") as tmp:
+                export_figures(result, tmp, formats)
+        except FigureExportError as error:
+            raise FigureExportError(f"{error} (the report is written; then run `palimpsest figures {out_dir} "
+                                    f"--format {','.join(formats)}`)") from None
     return out_dir

@@ -9,7 +9,8 @@ from typing import Any, Iterable
 
 from palimpsest.types import Result
 
-VERDICT_COLOURS = {"deleted": "#2a9d8f", "suppressed": "#e76f51", "not_forgotten": "#b5179e",
+# Okabe-Ito, as in the figures (palimpsest.report.style)
+VERDICT_COLOURS = {"deleted": "#009E73", "suppressed": "#D55E00", "not_forgotten": "#CC79A7",
                    "inconclusive": "#6c757d"}
 
 CSS = """
@@ -98,7 +99,9 @@ def badge(verdict: str) -> str:
     return f'<span class="badge" style="background:{VERDICT_COLOURS.get(verdict, "#444")}">{esc(verdict)}</span>'
 
 
-def result_section(result: Result, title: str, description: str, figures: FigureCounter) -> str:
+def result_section(result: Result, title: str, description: str, figures: FigureCounter,
+                   styled: dict[str, Any] | None = None) -> str:
+    """`styled`: title -> the figure to show instead of the stored JSON (the report passes the styled ones)."""
     parts = [f'<h2 id="{esc(result.name)}">{esc(title)} <span class="muted">({esc(result.name)})</span></h2>']
     if description:
         parts.append(f"<p>{esc(description)}</p>")
@@ -117,7 +120,8 @@ def result_section(result: Result, title: str, description: str, figures: Figure
     if result.summary:
         parts.append(f"<details open><summary>Summary</summary>{key_values(result.summary)}</details>")
     for name, figure_json in result.figures.items():
-        parts.append(figures.div(figure_json, name))
+        shown = (styled or {}).get(name)
+        parts.append(figures.div(figure_json if shown is None else shown.to_json(), name))
     for name, rows in result.tables.items():
         parts.append(f"<details><summary>Table: {esc(name)} ({len(rows)} rows)</summary>{table(rows)}</details>")
     if result.per_item:

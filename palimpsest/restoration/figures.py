@@ -17,7 +17,7 @@ def curves_figure(x: Sequence[int | float], curves: Mapping[str, Sequence[float]
                                  name=name))
     if ceiling is not None:
         fig.add_hline(y=float(ceiling), line_dash="dash", line_color="#4C78A8", annotation_text="pre (ceiling)")
-    fig.update_layout(template="plotly_white", xaxis_title=x_title, yaxis=dict(title=y_title, range=[0, 1.05]),
+    fig.update_layout(xaxis_title=x_title, yaxis=dict(title=y_title, range=[0, 1.05]),
                       height=360, margin=dict(l=50, r=20, t=30, b=40))
     if log_x:
         fig.update_xaxes(type="log")
@@ -28,7 +28,7 @@ def per_layer_figure(table: list[dict], keys: Sequence[str], y_title: str) -> go
     fig = go.Figure()
     for key in keys:
         fig.add_trace(go.Bar(x=[row["layer"] for row in table], y=[row.get(key) for row in table], name=key))
-    fig.update_layout(template="plotly_white", barmode="group", xaxis_title="layer", yaxis_title=y_title,
+    fig.update_layout(barmode="group", xaxis_title="layer", yaxis_title=y_title,
                       height=340, margin=dict(l=50, r=20, t=30, b=40))
     return fig
 
@@ -37,6 +37,6 @@ def bars_figure(labels: Sequence[str], series: Mapping[str, Sequence[float] | np
     fig = go.Figure()
     for name, values in series.items():
         fig.add_trace(go.Bar(x=list(labels), y=[float(v) for v in values], name=name))
-    fig.update_layout(template="plotly_white", barmode="group", yaxis=dict(title=y_title, range=[0, 1.05]),
+    fig.update_layout(barmode="group", yaxis=dict(title=y_title, range=[0, 1.05]),
                       height=340, margin=dict(l=50, r=20, t=30, b=40))
     return fig

@@ -239,7 +239,9 @@ class SAERestoration(Analyser):
     def _weak_sae(self, quality: dict, site: str, min_explained_variance: float, summary: dict) -> Result | None:
         if quality["explained_variance"] < min_explained_variance:
             return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
-                                           f"at {site} (< min_explained_variance={min_explained_variance})",
+                                           f"at {site} (< min_explained_variance={min_explained_variance}). To make it "
+                                           "conclusive: train the SAE on more text (sae.self_corpus_texts, "
+                                           "sae.total_tokens) or with more active features (sae.k)",
                                 summary=summary)
         return None
 

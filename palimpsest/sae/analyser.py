@@ -88,7 +88,9 @@ class SAEConceptFeatures(Analyser):
         if quality["explained_variance"] < opts.min_explained_variance:
             return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the "
                                            f"variance at {site} (< min_explained_variance="
-                                           f"{opts.min_explained_variance}); its features are not a faithful reading",
+                                           f"{opts.min_explained_variance}); its features are not a faithful reading. To make "
+                                           "it conclusive: train the SAE on more text (sae.self_corpus_texts, "
+                                           "sae.total_tokens) or with more active features (sae.k)",
                                 summary=summary)
         feats = concept_features(sae, pair.pre, site, concept, sae_cfg)
         summary.update({"n_concept_features": len(feats), "concept_features": feats.indices,

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
-
 from palimpsest.io import atomic_write_text
 from palimpsest.report.html import FigureCounter, badge, esc, fmt, key_values, page, table
+from palimpsest.report.validation_figures import (
+    auc_figure,
+    auc_rows,
+    confusion_figure,
+    roc_figure,
+    roc_threshold,
+)
 
 
 def _pct(value: Any) -> str:
@@ -31,41 +36,6 @@ def _confusion_table(conf: dict) -> str:
             cells.append(f'<td class="num"{style}>{esc(count)}</td>')
         rows.append(f"<tr><th>{esc(truth)}</th>{''.join(cells)}<td class=\"num\">{esc(sum(counts))}</td></tr>")
     return f'<table><tr>{head}</tr>{"".join(rows)}</table>'
-
-
-def _confusion_figure(conf: dict) -> go.Figure:
-    labels = conf.get("labels", {})
-    truths, verdicts = list(labels.get("truth", [])), list(labels.get("verdict", []))
-    z = conf.get("matrix", [])
-    fig = go.Figure(go.Heatmap(z=z, x=verdicts, y=truths, colorscale="Blues", text=z, texttemplate="%{text}",
-                               colorbar=dict(title="cases"), hovertemplate="truth %{y}, verdict %{x}: %{z}"
-                                                                           "<extra></extra>"))
-    fig.update_layout(height=320, margin=dict(l=110, r=20, t=20, b=60),
-                      xaxis=dict(title="verdict"), yaxis=dict(title="truth", autorange="reversed"))
-    return fig
-
-
-def _auc_rows(aucs: dict[str, dict]) -> list[tuple[str, dict]]:
-    return sorted(aucs.items(), key=lambda kv: (kv[1].get("auc") is None, -(kv[1].get("auc") or 0.0), kv[0]))
-
-
-def _auc_figure(rows: list[tuple[str, dict]]) -> go.Figure:
-    names, values, lows, highs = [], [], [], []
-    for name, entry in rows:
-        auc = entry.get("auc")
-        if auc is None:
-            continue
-        lo, hi = entry.get("ci") or (auc, auc)
-        names.append(name)
-        values.append(auc)
-        lows.append(auc - lo)
-        highs.append(hi - auc)
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color="#e76f51",
-                           error_y=dict(type="data", symmetric=False, array=highs, arrayminus=lows)))
-    fig.add_hline(y=0.5, line_dash="dot", line_color="#6c757d", annotation_text="chance (0.5)")
-    fig.update_layout(yaxis=dict(title="ROC AUC, suppressed vs deleted", range=[0, 1.05]), height=380,
-                      margin=dict(l=50, r=20, t=30, b=100))
-    return fig
 
 
 def _case_rows(cases: list[dict]) -> str:
@@ -124,7 +94,7 @@ def render_validation(report: dict, title: str) -> str:
     held_conf = held.get("confusion") or {}
     body.append(_confusion_table(held_conf))
     if held_conf.get("labels"):
-        body.append(figures.div(_confusion_figure(held_conf).to_json(), "Truth x verdict, held-out worlds"))
+        body.append(figures.div(confusion_figure(held_conf).to_json(), "Truth x verdict, held-out worlds"))
     body.append("<h2>Confusion matrix (all worlds, the run's thresholds)</h2>")
     body.append(_confusion_table(report.get("confusion") or {}))
     if (report.get("fitted_all") or {}).get("confusion"):
@@ -134,12 +104,17 @@ def render_validation(report: dict, title: str) -> str:
     body.append("<h2>Per-analyser separation</h2>")
     body.append("<p>ROC AUC of each analyser's calibrated residue for suppressed (positive) vs deleted cases, over "
                 "the cases where it reached a conclusion; 95% stratified bootstrap interval. 0.5 is chance.</p>")
-    auc_rows = _auc_rows(report.get("analyser_auc") or {})
-    if any(entry.get("auc") is not None for _, entry in auc_rows):
-        body.append(figures.div(_auc_figure(auc_rows).to_json(), "Residue AUC per analyser (95% bootstrap CI)"))
+    separation = auc_rows(report.get("analyser_auc") or {})
+    if any(entry.get("auc") is not None for _, entry in separation):
+        body.append(figures.div(auc_figure(separation).to_json(), "Residue AUC per analyser (95% bootstrap CI)"))
+    try:
+        roc = roc_figure(cases, report.get("analyser_auc"), suppressed_min_residue=roc_threshold(report))
+        body.append(figures.div(roc.to_json(), "ROC curve per analyser: residue, suppressed (positive) vs deleted"))
+    except ValueError:
+        pass  # fewer than 2 cases of each truth with a residue: the table below says so
     body.append(table([{"analyser": name, "auc": entry.get("auc"), "95% CI": entry.get("ci"),
                         "suppressed cases": entry.get("n_suppressed"), "deleted cases": entry.get("n_deleted"),
-                        "note": entry.get("reason", "")} for name, entry in auc_rows]))
+                        "note": entry.get("reason", "")} for name, entry in separation]))
 
     standard = report.get("standard_metric_auc") or {}
     if standard:
@@ -150,7 +125,7 @@ def render_validation(report: dict, title: str) -> str:
         body.append(table([{"metric": name, "analyser": e.get("analyser"), "published": e.get("published"),
                             "less forgotten": e.get("less_forgotten"), "auc": e.get("auc"), "95% CI": e.get("ci"),
                             "suppressed cases": e.get("n_suppressed"), "deleted cases": e.get("n_deleted"),
-                            "note": e.get("reason", "")} for name, e in _auc_rows(standard)]))
+                            "note": e.get("reason", "")} for name, e in auc_rows(standard)]))
 
     body.append("<h2>Fitted thresholds</h2>")
     if fit:
