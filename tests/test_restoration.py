@@ -306,7 +306,8 @@ def test_one_rate_finalize_for_the_family():
     floor = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)  # the floor gets 2 of 8 right after the attack
     measured = RateMeasurement(post=attacked, floor=floor, ceiling=pre, post_base=post_base, floor_base=floor_base,
                                floor_source="test", evidence="ev", summary={"k": 1},
-                               tables={"variants": [{"direction": "mean", "layers": "0", "held_out_acc": 0.5}]})
+                               tables={"variants": [{"direction": "mean", "layers": "0", "train_acc": 0.5,
+                                                    "held_out_acc": 0.5}]})
     result = calibrated_result(analyser, measured, ctx)
     assert result.status == "ok" and result.evidence == "ev" and result.figures
     assert result.residue == pytest.approx((0.75 - 0.25) / (1 - 0.25))

@@ -400,3 +400,85 @@ def test_blindspots_oracle_generates_the_concept_no_more_than_the_floor(organism
     # residue is asserted (measured 0.0)
     assert oracle.residue <= 0.3  # it generates the concept no more than the floor model, which never saw them
     assert oracle.tables["concepts"] and oracle.figures
+
+
+# ---------------------------------------------------------------- the self-generated corpus and token filters
+
+
+def test_training_activations_skip_the_sink_and_massive_tokens(tiny):
+    from palimpsest.sae.data import corpus_activations, site_inputs, training_activations
+
+    plain, info = training_activations(tiny.model, tiny.tokenizer, SITE_TINY, TINY_CORPUS)
+    assert torch.equal(plain, corpus_activations(tiny.model, tiny.tokenizer, SITE_TINY, TINY_CORPUS))
+    assert info == {"n_tokens": plain.shape[0]}
+    rows = site_inputs(tiny.model, tiny.tokenizer, TINY_CORPUS, SITE_TINY)
+    skipped, info = training_activations(tiny.model, tiny.tokenizer, SITE_TINY, TINY_CORPUS, skip_first=1)
+    assert skipped.shape[0] == sum(a.shape[0] - 1 for _, a in rows) == info["n_tokens"]
+    torch.testing.assert_close(skipped[: rows[0][1].shape[0] - 1], rows[0][1][1:])
+    # a ratio just above 1 keeps only the tokens at most that far above the median norm
+    kept, info = training_activations(tiny.model, tiny.tokenizer, SITE_TINY, TINY_CORPUS, skip_first=1,
+                                      max_norm_ratio=1.05)
+    norms = skipped.norm(dim=-1)
+    assert info["n_massive_dropped"] == int((norms > 1.05 * norms.median()).sum()) > 0
+    assert kept.shape[0] == skipped.shape[0] - info["n_massive_dropped"]
+    assert float(kept.norm(dim=-1).max()) <= 1.05 * float(norms.median()) + 1e-4
+
+
+def test_token_filters_join_the_cache_key_only_when_set():
+    from palimpsest.sae import SAEConfig
+
+    assert SAEConfig().training_key() == SAEConfig(skip_first_positions=0, max_norm_ratio=None).training_key()
+    keys = {SAEConfig().training_key(), SAEConfig(skip_first_positions=1).training_key(),
+            SAEConfig(max_norm_ratio=10.0).training_key()}
+    assert len(keys) == 3
+    # the corpus settings change the corpus (its hash is in the cache key), not the training fields
+    assert SAEConfig(self_corpus_texts=8).training_key() == SAEConfig().training_key()
+    with pytest.raises(ValueError):
+        SAEConfig(max_norm_ratio=0.5)
+
+
+def test_self_corpus_is_sampled_once_and_cached_on_disk(tiny, tmp_path, monkeypatch):
+    from palimpsest.sae import blindspots, corpus
+
+    monkeypatch.setattr(corpus, "_MEMO", {})
+    texts = corpus.self_corpus(tiny, 6, 5, seed=0, cache_dir=tmp_path)
+    assert len(texts) == 6 and all(isinstance(t, str) and t for t in texts)
+    files = list((tmp_path / "sae_corpus").iterdir())
+    assert len(files) == 1
+    monkeypatch.setattr(corpus, "_MEMO", {})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled again although the corpus is cached")
+    monkeypatch.setattr(blindspots, "generate_texts", refuse)
+    assert corpus.self_corpus(tiny, 6, 5, seed=0, cache_dir=tmp_path) == texts
+    files[0].write_text("{not json")  # a damaged file is sampled again
+    monkeypatch.undo()
+    monkeypatch.setattr(corpus, "_MEMO", {})
+    assert corpus.self_corpus(tiny, 6, 5, seed=0, cache_dir=tmp_path) == texts
+    assert corpus.self_corpus(tiny, 0, 5, cache_dir=tmp_path) == []
+
+
+def test_an_sae_with_a_self_corpus_reports_held_out_quality_and_is_gated_on_it(tiny_pair, tiny_concept, tmp_path):
+    from palimpsest.sae.analyser import default_site
+    from palimpsest.sae.quality import gate_explained_variance
+    from palimpsest.types import AuditConfig
+
+    config = AuditConfig(n_bootstrap=20, cache_dir=str(tmp_path),
+                         sae=_tiny_cfg(self_corpus_texts=10, self_corpus_tokens=6, held_out_share=0.2,
+                                       skip_first_positions=1, max_norm_ratio=10.0))
+    ctx = _context(tiny_pair, tiny_concept, config, ["sae_features"])
+    site = default_site(tiny_pair.pre.model)
+    _, quality = ctx.saes.get(site)
+    assert quality["n_held_out_texts"] == 2 and quality["n_held_out_tokens"] > 0
+    assert quality["skipped_first_positions"] == 1 and "n_massive_dropped" in quality
+    assert quality["explained_variance_held_out"] <= 1.0 and quality["train_seconds"] >= 0
+    assert gate_explained_variance(quality) == quality["explained_variance_held_out"]
+    assert gate_explained_variance({"explained_variance": 0.7}) == 0.7
+    # the training corpus: the concept's texts, then the 8 sampled texts not held out
+    assert len(ctx.saes.corpus) == len(tiny_concept_texts(tiny_concept)) + 8
+
+
+def tiny_concept_texts(concept):
+    from palimpsest.sae.data import concept_corpus
+
+    return concept_corpus(concept)

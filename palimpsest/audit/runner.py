@@ -120,16 +120,26 @@ def build_saes(analysers: dict, ctx: AuditContext) -> SAEStore:
     from palimpsest.sae.data import concept_corpus
     from palimpsest.sae.train import get_or_train_sae
 
-    corpus = tuple(concept_corpus(ctx.concept, ctx.config.sae.corpus))
+    base = tuple(concept_corpus(ctx.concept, ctx.config.sae.corpus))
+    corpus, held_out = base, ()
+    sae_cfg = ctx.config.sae
     built = {}
     for key, opts in requests.items():
         try:
-            if key.startswith(ARCHETYPAL):
-                built[key] = build_archetypal(ctx.pair.pre, key[len(ARCHETYPAL):], corpus,
+            if key.startswith(ARCHETYPAL):  # the RA-SAE reads the concept's corpus only (its archetypes are of it)
+                built[key] = build_archetypal(ctx.pair.pre, key[len(ARCHETYPAL):], base,
                                               RASAEConfig.from_options(opts), ctx.config.seed)
             else:
-                built[key] = get_or_train_sae(ctx.pair.pre, key, list(corpus), ctx.config.sae, ctx.config.cache_dir,
-                                              batch_size=ctx.config.batch_size)
+                if sae_cfg.self_corpus_texts and corpus is base:
+                    from palimpsest.sae.corpus import self_corpus
+
+                    sampled = self_corpus(ctx.pair.pre, sae_cfg.self_corpus_texts, sae_cfg.self_corpus_tokens,
+                                          seed=sae_cfg.seed, cache_dir=ctx.config.cache_dir)
+                    n_held = int(round(len(sampled) * sae_cfg.held_out_share))
+                    corpus = (*base, *sampled[:len(sampled) - n_held])
+                    held_out = tuple(sampled[len(sampled) - n_held:])
+                built[key] = get_or_train_sae(ctx.pair.pre, key, list(corpus), sae_cfg, ctx.config.cache_dir,
+                                              batch_size=ctx.config.batch_size, held_out=held_out)
         except Exception as error:  # noqa: BLE001 — recorded; the analysers reading this site report it as an error
             built[key] = error
     return SAEStore(built=built, corpus=corpus)

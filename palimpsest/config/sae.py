@@ -15,6 +15,7 @@ ARCHITECTURES: tuple[str, ...] = ("topk", "standard", "gated", "jumprelu", "abst
 TRAINING_FIELDS: tuple[str, ...] = ("architecture", "expansion", "d_sae", "k", "arch_kwargs", "total_tokens",
                                     "batch_size", "lr", "lr_end", "lr_scheduler", "lr_warm_up_steps", "seed",
                                     "shuffle_buffer", "normalize_activations")
+FILTER_FIELDS: tuple[str, ...] = ("skip_first_positions", "max_norm_ratio")
 
 
 class SAEConfig(BaseModel):
@@ -38,6 +39,16 @@ class SAEConfig(BaseModel):
     shuffle_buffer: int = 16_384  # rows held by sae-lens's mixing buffer when streaming from shards
     normalize_activations: Literal["none", "expected_average_only_in"] = "none"
     corpus: tuple[str, ...] = ()  # texts added to the concept's own prompts to train on (audits only)
+    # texts sampled from the pre model and added to the corpus (palimpsest.sae.corpus; cached per model); the last
+    # `held_out_share` of them are kept out of training to measure the SAE's held-out explained variance
+    self_corpus_texts: int = Field(0, ge=0)
+    self_corpus_tokens: int = Field(96, ge=1)  # new tokens per sampled text
+    held_out_share: float = Field(0.1, ge=0.0, lt=1.0)
+    # tokens left out of the SAE's training and quality measurement: the first positions of every text (the
+    # attention sink) and tokens whose activation norm exceeds max_norm_ratio x the median ("massive activations",
+    # Sun et al. 2024: a handful of rows with ~100x the norm would otherwise be most of the variance)
+    skip_first_positions: int = Field(0, ge=0)
+    max_norm_ratio: float | None = Field(None, gt=1.0)
     # vision SAEs (palimpsest.vision.sae) train for this many epochs over the pre model's training images
     epochs: int = 15
     n_experts: int = 8  # vision: the expert features of the forget class kept per site
@@ -71,6 +82,8 @@ class SAEConfig(BaseModel):
 
     def training_key(self) -> str:
         data = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        # the token filters join the key only when set, so SAEs trained without them keep their cache keys
+        data.update({k: getattr(self, k) for k in FILTER_FIELDS if getattr(self, k) != type(self).model_fields[k].default})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod

@@ -29,6 +29,7 @@ from palimpsest.restoration.figures import curves_figure
 from palimpsest.restoration.steering import sweep_rows
 from palimpsest.sae.analyser import frequency_matched
 from palimpsest.sae.features import concept_features
+from palimpsest.sae.quality import gate_explained_variance
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -237,8 +238,8 @@ class SAERestoration(Analyser):
         return None
 
     def _weak_sae(self, quality: dict, site: str, min_explained_variance: float, summary: dict) -> Result | None:
-        if quality["explained_variance"] < min_explained_variance:
-            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the variance "
+        if gate_explained_variance(quality) < min_explained_variance:
+            return inconclusive(self.name, f"the SAE explains only {gate_explained_variance(quality):.2f} of the variance "
                                            f"at {site} (< min_explained_variance={min_explained_variance}). To make it "
                                            "conclusive: train the SAE on more text (sae.self_corpus_texts, "
                                            "sae.total_tokens) or with more active features (sae.k)",

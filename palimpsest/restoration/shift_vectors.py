@@ -60,17 +60,33 @@ def shift_table(acts, model: str, sites: list[str], item_sets: Sequence[str]) ->
     return rows
 
 
-def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], strengths: Sequence[float],
-                     train: list[int], batch_size: int) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """Sweep every (layer, strength) on all items; pick the best setting on `train`.
-
-    Returns (layer, strength index, the chosen setting's per-item correctness, the [layers, strengths, items] grid).
-    """
-    grid = np.stack([sweep(loaded, items, site, vec, strengths, batch_size=batch_size)
+def steer_grid(loaded, items, idx: Sequence[int], sites: list[str], vectors: list[Tensor],
+               strengths: Sequence[float], batch_size: int) -> Bool[np.ndarray, "layers strengths k"]:
+    """Correctness of the items `idx` steered at every (layer, strength): the [layers, strengths, k] grid."""
+    chosen = [items[i] for i in idx]
+    return np.stack([sweep(loaded, chosen, site, vec, strengths, batch_size=batch_size)
                      for site, vec in zip(sites, vectors, strict=True)])
-    train_acc = grid[:, :, train].mean(-1)
-    layer, s_index = np.unravel_index(int(np.argmax(train_acc)), train_acc.shape)
-    return int(layer), int(s_index), grid[layer, s_index], grid
+
+
+def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], strengths: Sequence[float],
+                     train: list[int], held: list[int], batch_size: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Sweep every (layer, strength) on the fitting items only, pick the best, then steer the held-out items at
+    that layer (every strength: the curve) — the held-out half is never scored at settings that were not chosen.
+
+    Returns (layer, strength index, per-item correctness at the chosen setting (train and held entries), the
+    [layers, strengths, train] grid).
+    """
+    grid = steer_grid(loaded, items, train, sites, vectors, strengths, batch_size)
+    layer, s_index = np.unravel_index(int(np.argmax(grid.mean(-1))), grid.shape[:2])
+    values = np.zeros(len(items))
+    values[train] = grid[layer, s_index]
+    values[held] = _held_curve(loaded, items, held, sites[layer], vectors[layer], strengths, batch_size)[s_index]
+    return int(layer), int(s_index), values, grid
+
+
+def _held_curve(loaded, items, held: list[int], site: str, vector: Tensor, strengths: Sequence[float],
+                batch_size: int) -> Bool[np.ndarray, "strengths held"]:
+    return sweep(loaded, [items[i] for i in held], site, vector, strengths, batch_size=batch_size)
 
 
 def forget_shifts(acts, model: str, sites: list[str], pre_acts: list[Float[Tensor, "n d"]],
@@ -78,12 +94,6 @@ def forget_shifts(acts, model: str, sites: list[str], pre_acts: list[Float[Tenso
     """Per layer, `model`'s mean shift from the pre model on the fitting forget items."""
     return [mean_shift(acts.get(model, site, "forget", "last"), h_pre, train)
             for site, h_pre in zip(sites, pre_acts, strict=True)]
-
-
-def best_setting(grid: Float[np.ndarray, "layers strengths items"], train: list[int]) -> Float[np.ndarray, " items"]:
-    """The per-item values at the (layer, strength) with the best mean on `train`."""
-    layer, s_index = np.unravel_index(int(np.argmax(grid[:, :, train].mean(-1))), grid.shape[:2])
-    return grid[layer, s_index]
 
 
 def reproduction_rate(pre, items, site: str, shift: Float[Tensor, " d"], strength: float,
@@ -94,12 +104,13 @@ def reproduction_rate(pre, items, site: str, shift: Float[Tensor, " d"], strengt
     return float((~reproduced[held][pre_ok]).mean()) if pre_ok.any() else None
 
 
-def add_held_out_accuracy(table: list[dict], post_grid: Bool[np.ndarray, "layers strengths items"],
-                          random_grid: Float[np.ndarray, "layers strengths items"], held: list[int]) -> None:
-    """Add each layer's best held-out accuracy (over strengths) of the steered and the random attack to `table`."""
+def add_fitting_accuracy(table: list[dict], post_grid: Float[np.ndarray, "layers strengths train"],
+                         random_grid: Float[np.ndarray, "layers strengths train"]) -> None:
+    """Add each layer's best fitting-half accuracy (over strengths) of the steered and the random attack to
+    `table` (the held-out half is scored only at the chosen setting)."""
     for l_index, row in enumerate(table):
-        row["held_out_acc_steered"] = float(post_grid[l_index, :, held].mean(-1).max())
-        row["held_out_acc_random"] = float(random_grid[l_index, :, held].mean(-1).max())
+        row["train_acc_steered"] = float(post_grid[l_index].mean(-1).max())
+        row["train_acc_random"] = float(random_grid[l_index].mean(-1).max())
 
 
 def floor_source(has_floor: bool) -> str:
@@ -121,15 +132,9 @@ def steering_evidence(summary: dict) -> str:
             f"{summary['held_out_acc_random_control']:.2f})")
 
 
-def steering_curves(layer: int, held: list[int], post_grid: Bool[np.ndarray, "layers strengths items"],
-                    random_grid: Float[np.ndarray, "layers strengths items"],
-                    floor_grid: Bool[np.ndarray, "layers strengths items"] | None) -> dict[str, np.ndarray]:
-    """Held-out accuracy against strength at `layer`, per attack."""
-    curves = {"post - s x shift": post_grid[layer][:, held].mean(-1),
-              "post - random (same norm)": random_grid[layer][:, held].mean(-1)}
-    if floor_grid is not None:
-        curves["floor - s x its shift"] = floor_grid[layer][:, held].mean(-1)
-    return curves
+def steering_curves(curves_held: dict[str, Float[np.ndarray, "strengths held"]]) -> dict[str, np.ndarray]:
+    """Held-out accuracy against strength at the chosen layer, per attack."""
+    return {name: values.mean(-1) for name, values in curves_held.items()}
 
 
 class ShiftVectorsConfig(AnalyserConfig):
@@ -183,18 +188,21 @@ class ShiftVectors(Analyser):
         ceiling = correct(pre, items, batch_size=config.batch_size)
         post_plain = correct(post, items, batch_size=config.batch_size)
         neg = [-s for s in shifts]
-        layer, s_idx, post_att, post_grid = steer_and_select(post, items, sites, neg, strengths, train, rows_per_batch)
-        random_grid = random_steering(post, items, sites, neg, strengths, train, rows_per_batch, opts.n_random,
-                                      config.seed)  # [layers, strengths, items], per-item hit share
-        random_att = best_setting(random_grid, train)
+        layer, s_idx, post_att, post_grid = steer_and_select(post, items, sites, neg, strengths, train, held,
+                                                             rows_per_batch)
+        random_att, random_grid, random_curve = random_steering(post, items, sites, neg, strengths, train, held,
+                                                                rows_per_batch, opts.n_random, config.seed, layer)
+        curves = {"post - s x shift": _held_curve(post, items, held, sites[layer], neg[layer], strengths,
+                                                  rows_per_batch),
+                  "post - random (same norm)": random_curve}
         # the other way: add the shift to the pre model at the chosen setting; does one vector reproduce the unlearning?
         reproduction = reproduction_rate(pre, items, sites[layer], shifts[layer], strengths[s_idx], ceiling[held], held,
                                          rows_per_batch)
-        floor_values, floor_base, floor_grid = random_att[held], post_plain[held], None
+        floor_values, floor_base = random_att[held], post_plain[held]
         if floor is not None:
-            floor_values, floor_base, floor_grid = self._floor_steering(ctx, items, sites, pre_acts, strengths, train,
-                                                                        held)
-        add_held_out_accuracy(table, post_grid, random_grid, held)
+            floor_values, floor_base, curves["floor - s x its shift"] = self._floor_steering(
+                ctx, items, sites, pre_acts, strengths, train, held, layer)
+        add_fitting_accuracy(table, post_grid, random_grid)
         summary = {
             "n_train": len(train), "n_held_out": len(held), "layer": layer, "site": sites[layer],
             "strength": strengths[s_idx], "strengths": list(strengths),
@@ -203,7 +211,7 @@ class ShiftVectors(Analyser):
             "reproduction_rate": reproduction, "relative_shift_max": max(rel),
             "cosine_forget_retain": table[layer].get("cosine_forget_retain"),
         }
-        if floor_grid is not None:
+        if floor is not None:
             summary["held_out_acc_floor_steered"] = float(floor_values.mean())
         return calibrated_result(self, RateMeasurement(
             post=post_att[held], floor=floor_values, ceiling=ceiling[held], post_base=post_plain[held],
@@ -214,18 +222,20 @@ class ShiftVectors(Analyser):
             notes=[fit_note(len(train), len(held), len(sites), len(strengths), opts.n_random)],
             evidence=steering_evidence(summary),
             extra={"sets": sets, "layer": layer, "strengths": strengths,
-                   "curves": steering_curves(layer, held, post_grid, random_grid, floor_grid)}), ctx)
+                   "curves": steering_curves(curves)}), ctx)
 
     def _floor_steering(self, ctx, items: list, sites: list[str], pre_acts: list[Float[Tensor, "n d"]],
-                        strengths: Sequence[float], train: list[int], held: list[int]):
-        """(held-out values, unattacked held-out correctness, [layers, strengths, items] grid) of the floor model
-        steered by its own shift vectors."""
+                        strengths: Sequence[float], train: list[int], held: list[int], curve_layer: int):
+        """(held-out values, unattacked held-out correctness, held-out [strengths, held] curve at `curve_layer`) of
+        the floor model steered by its own shift vectors."""
         floor = ctx.pair.floor
         floor_shifts = [-s for s in forget_shifts(ctx.acts, "floor", sites, pre_acts, train)]
-        _, _, floor_att, floor_grid = steer_and_select(floor, items, sites, floor_shifts, strengths, train,
-                                                       ctx.opts.batch_rows)
+        f_layer, _, floor_att, _ = steer_and_select(floor, items, sites, floor_shifts, strengths, train, held,
+                                                    ctx.opts.batch_rows)
+        curve = _held_curve(floor, items, held, sites[curve_layer], floor_shifts[curve_layer], strengths,
+                            ctx.opts.batch_rows)
         floor_base = correct(floor, [items[i] for i in held], batch_size=ctx.config.batch_size)
-        return floor_att[held], floor_base, floor_grid
+        return floor_att[held], floor_base, curve
 
     def _unshifted(self, rel: list[float], table: list[dict]) -> Result:
         return inconclusive(self.name, f"the post model's residual stream does not differ from the pre model's at "
@@ -245,11 +255,20 @@ class ShiftVectors(Analyser):
 
 
 def random_steering(loaded, items, sites: list[str], vectors: list[Tensor], strengths: Sequence[float],
-                    train: list[int], batch_size: int, n_random: int, seed: int) -> np.ndarray:
-    """The [layers, strengths, items] hit share of `n_random` random directions with the norms of `vectors`."""
+                    train: list[int], held: list[int], batch_size: int, n_random: int, seed: int, curve_layer: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n_random` random directions with the norms of `vectors`: (per-item hit share at the best setting of the
+    draws' mean fitting grid, that [layers, strengths, train] mean grid, the held-out [strengths, held] hit share
+    at `curve_layer`)."""
     gen = torch.Generator().manual_seed(seed)
-    grids = []
-    for _ in range(n_random):
-        rand = [random_like(v, gen) for v in vectors]
-        grids.append(steer_and_select(loaded, items, sites, rand, strengths, train, batch_size)[3])
-    return np.mean(grids, axis=0)
+    draws = [[random_like(v, gen) for v in vectors] for _ in range(n_random)]
+    grid = np.mean([steer_grid(loaded, items, train, sites, rand, strengths, batch_size) for rand in draws], axis=0)
+    layer, s_index = np.unravel_index(int(np.argmax(grid.mean(-1))), grid.shape[:2])
+    curve = np.mean([_held_curve(loaded, items, held, sites[curve_layer], rand[curve_layer], strengths, batch_size)
+                     for rand in draws], axis=0)
+    held_best = curve[s_index] if layer == curve_layer else np.mean(
+        [_held_curve(loaded, items, held, sites[layer], rand[layer], [strengths[s_index]], batch_size)[0]
+         for rand in draws], axis=0)
+    values = np.zeros(len(items))
+    values[train], values[held] = grid[layer, s_index], held_best
+    return values, grid, curve

@@ -10,6 +10,7 @@ from palimpsest.audit.finalize import Measurement
 from palimpsest.capture import n_layers
 from palimpsest.sae.data import concept_corpus
 from palimpsest.sae.features import concept_features, concept_score, encode_prompts
+from palimpsest.sae.quality import gate_explained_variance
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
 
 
@@ -85,8 +86,8 @@ class SAEConceptFeatures(Analyser):
         sae, quality = ctx.saes.get(site)
         summary = {"site": site, "sae_architecture": sae_cfg.architecture, "d_sae": int(sae.W_dec.shape[0]),
                    "sae_quality": quality, "n_corpus_texts": len(concept_corpus(concept, sae_cfg.corpus))}
-        if quality["explained_variance"] < opts.min_explained_variance:
-            return inconclusive(self.name, f"the SAE explains only {quality['explained_variance']:.2f} of the "
+        if gate_explained_variance(quality) < opts.min_explained_variance:
+            return inconclusive(self.name, f"the SAE explains only {gate_explained_variance(quality):.2f} of the "
                                            f"variance at {site} (< min_explained_variance="
                                            f"{opts.min_explained_variance}); its features are not a faithful reading. To make "
                                            "it conclusive: train the SAE on more text (sae.self_corpus_texts, "

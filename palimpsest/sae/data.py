@@ -23,6 +23,30 @@ def corpus_activations(model, tokenizer, site: str, corpus: Sequence[str], *, ba
     return capture(model, tokenizer, list(corpus), [site], position="all", batch_size=batch_size)[site]
 
 
+def training_activations(model, tokenizer, site: str, corpus: Sequence[str], *, skip_first: int = 0,
+                         max_norm_ratio: float | None = None, batch_size: int = 32
+                         ) -> tuple[Float[Tensor, "n_tokens d"], dict]:
+    """The rows an SAE trains on: every real token's activation at `site`, without the first `skip_first`
+    positions of each text and without tokens whose norm exceeds `max_norm_ratio` x the median; with the counts."""
+    if not skip_first and max_norm_ratio is None:
+        acts = corpus_activations(model, tokenizer, site, corpus, batch_size=batch_size)
+        return acts, {"n_tokens": int(acts.shape[0])}
+    if not corpus:
+        raise ValueError("the SAE corpus is empty: give at least a few texts to train on")
+    rows = [acts[skip_first:] for _, acts in site_inputs(model, tokenizer, list(corpus), site, batch_size=batch_size)]
+    acts = torch.cat([r for r in rows if r.shape[0]]) if any(r.shape[0] for r in rows) else torch.empty(0)
+    if acts.shape[0] == 0:
+        raise ValueError(f"no SAE training rows left after skipping the first {skip_first} positions of each text")
+    info = {"n_tokens": int(acts.shape[0]), "skipped_first_positions": skip_first}
+    if max_norm_ratio is not None:
+        norms = acts.norm(dim=-1)
+        keep = norms <= max_norm_ratio * norms.median()
+        info.update(n_massive_dropped=int((~keep).sum()), max_norm_ratio=max_norm_ratio)
+        acts = acts[keep]
+        info["n_tokens"] = int(acts.shape[0])
+    return acts, info
+
+
 def tensor_batches(acts: Float[Tensor, "n d"], batch_size: int, *, seed: int = 0) -> Iterator[Float[Tensor, "b d"]]:
     """Endless batches of exactly `batch_size` rows, a fresh shuffle every epoch (sae-lens needs fixed-size
     batches and an iterator that never runs out)."""

@@ -69,3 +69,10 @@ def sae_quality(sae, acts: Float[Tensor, "n d"], model, site: str, texts: Sequen
         out["train_l0"] = float(trainer.feature_sparsity.sum())
         out["train_dead_fraction"] = float(trainer.dead_neurons.float().mean())
     return out
+
+
+def gate_explained_variance(quality: dict) -> float:
+    """The explained variance an analyser's SAE gate reads: held-out when the SAE has held-out texts
+    (palimpsest.sae.corpus), else in-sample."""
+    held = quality.get("explained_variance_held_out")
+    return float(held if held is not None else quality["explained_variance"])

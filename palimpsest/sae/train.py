@@ -21,7 +21,7 @@ from torch import Tensor
 
 from palimpsest.io import atomic_dir, atomic_write_text
 from palimpsest.sae.config import ARCHITECTURES, SAEConfig
-from palimpsest.sae.data import corpus_activations, tensor_batches
+from palimpsest.sae.data import tensor_batches, training_activations
 
 _MEMO: dict[str, tuple[object, dict]] = {}  # cache key -> (SAE, quality): one load per process
 WEIGHTS = "sae_weights.safetensors"
@@ -56,10 +56,13 @@ def corpus_hash(corpus: Sequence[str]) -> str:
     return hashlib.blake2b("\x00".join(corpus).encode(), digest_size=8).hexdigest()
 
 
-def cache_key(model: torch.nn.Module, site: str, corpus: Sequence[str], config: SAEConfig) -> str:
+def cache_key(model: torch.nn.Module, site: str, corpus: Sequence[str], config: SAEConfig,
+              held_out: Sequence[str] = ()) -> str:
     from palimpsest.kernels import kernel_tag
 
     text = f"{model_hash(model)}|{site}|{corpus_hash(corpus)}|{config.training_key()}|{kernel_tag()}"
+    if held_out:  # the quality measured on them is part of what is cached
+        text += f"|held:{corpus_hash(held_out)}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -201,16 +204,20 @@ def save_sae(training_sae, path: str | Path, meta: dict, quality_fn=None) -> tup
 
 
 def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig | None = None,
-                     cache_dir: str | Path | None = None, *, progress: bool = False, batch_size: int = 32):
-    """The SAE of `model` (a LoadedModel) at `site` trained on `corpus`, and its quality dict.
+                     cache_dir: str | Path | None = None, *, progress: bool = False, batch_size: int = 32,
+                     held_out: Sequence[str] = ()):
+    """The SAE of `model` (a LoadedModel) at `site` trained on `corpus`, and its quality dict (with
+    `explained_variance_held_out` on the `held_out` texts, never trained on, when given).
 
     Trained once with sae-lens and cached under `<cache>/sae/<key>/` in sae-lens's format, keyed by the model's
     weight hash, the site, the corpus and the training fields of `config`; later calls load it.
     """
-    from palimpsest.sae.quality import sae_quality
+    import time
+
+    from palimpsest.sae.quality import reconstruction_stats, sae_quality
 
     config = config or SAEConfig()
-    key = cache_key(model.model, site, corpus, config)
+    key = cache_key(model.model, site, corpus, config, held_out)
     if key in _MEMO:
         return _MEMO[key]
     folder = cache_root(cache_dir) / "sae" / key
@@ -219,19 +226,34 @@ def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig 
         _MEMO[key] = cached
         return cached
     # nothing usable is cached: train (again), with portable kernels when the model can be reloaded from its folder
-    if _train_portably(model, site, corpus, config, cache_dir, batch_size, key):
+    if _train_portably(model, site, corpus, config, cache_dir, batch_size, key, held_out):
         cached = _load_cached(folder, str(model.device))
         if cached is not None:
             _MEMO[key] = cached
             return cached
-    acts = corpus_activations(model.model, model.tokenizer, site, corpus, batch_size=batch_size)
+    started = time.perf_counter()
+    filters = dict(skip_first=config.skip_first_positions, max_norm_ratio=config.max_norm_ratio, batch_size=batch_size)
+    acts, token_info = training_activations(model.model, model.tokenizer, site, corpus, **filters)
+    capture_s = time.perf_counter() - started
     device = str(model.device)
     training_sae, trainer = train_sae(tensor_batches(acts.to(device), config.batch_size, seed=config.seed),
                                       acts.shape[-1], config, device=device, progress=progress)
+    train_s = time.perf_counter() - started - capture_s
     meta = {"site": site, "model": model.source, "model_hash": model_hash(model.model),
             "corpus_hash": corpus_hash(corpus), "n_texts": len(corpus), "n_tokens": int(acts.shape[0]),
             "config": config.model_dump(mode="json")}
-    save_sae(training_sae, folder, meta, lambda sae: sae_quality(sae, acts, model, site, corpus, trainer=trainer))
+
+    def quality(sae) -> dict:
+        out = {**sae_quality(sae, acts, model, site, corpus, trainer=trainer), **token_info,
+               "capture_seconds": round(capture_s, 1), "train_seconds": round(train_s, 1)}
+        if held_out:
+            held, _ = training_activations(model.model, model.tokenizer, site, held_out, **filters)
+            stats = reconstruction_stats(sae, held)
+            out.update(explained_variance_held_out=stats["explained_variance"], l0_held_out=stats["l0"],
+                       n_held_out_tokens=stats["n_eval_tokens"], n_held_out_texts=len(held_out))
+        return out
+
+    save_sae(training_sae, folder, meta, quality)
     sae = load_sae(folder, device=str(model.device))
     quality = json.loads((folder / "quality.json").read_text())
     _MEMO[key] = (sae, quality)
@@ -239,7 +261,7 @@ def get_or_train_sae(model, site: str, corpus: Sequence[str], config: SAEConfig 
 
 
 def _train_portably(model, site: str, corpus: Sequence[str], config: SAEConfig, cache_dir, batch_size: int,
-                    key: str) -> bool:
+                    key: str, held_out: Sequence[str] = ()) -> bool:
     """Train in a process with portable kernels (palimpsest.kernels) when `model` is its saved folder's weights."""
     from palimpsest.kernels import in_portable_process, portable_enabled, run_portable
 
@@ -248,17 +270,17 @@ def _train_portably(model, site: str, corpus: Sequence[str], config: SAEConfig, 
             or not (source / "model.safetensors").is_file()):
         return False
     return run_portable(_train_from_folder, str(source), site, list(corpus), config,
-                        str(cache_root(cache_dir)), batch_size, key)
+                        str(cache_root(cache_dir)), batch_size, key, list(held_out))
 
 
 def _train_from_folder(source: str, site: str, corpus: list[str], config: SAEConfig, cache_dir: str,
-                       batch_size: int, key: str) -> bool:
+                       batch_size: int, key: str, held_out: list[str] = ()) -> bool:
     from palimpsest.models import load_model
 
     model = load_model(source)
-    if cache_key(model.model, site, corpus, config) != key:  # the caller's weights are not the saved ones
+    if cache_key(model.model, site, corpus, config, held_out) != key:  # the caller's weights are not the saved ones
         return False
-    get_or_train_sae(model, site, corpus, config, cache_dir, batch_size=batch_size)
+    get_or_train_sae(model, site, corpus, config, cache_dir, batch_size=batch_size, held_out=held_out)
     return True
 
 
