@@ -17,6 +17,8 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 
+from palimpsest.config.sae import SAEConfig
+
 SMOLLM2_METHODS = ("suppress", "ga", "npo", "rmu")
 # ground truth on the real model: only the control's is known
 SMOLLM2_EXPECTED = {"suppress": "suppressed"}
@@ -31,6 +33,13 @@ SMOLLM2_CONFIGS: dict[str, dict] = {
 }
 
 Step = Callable[[str, float], None]  # (message, units of work just finished)
+
+# the SAE of a real model: the concept's ~600 tokens explain only 0.50 of SmolLM2's middle-layer variance, so it
+# trains on text sampled from the pre model itself (palimpsest.sae.corpus, cached per model), without the attention
+# sink (position 0, ~100x the median norm) and the few other massive-activation tokens, with more active features;
+# measured at blocks.15 of SmolLM2 (held-out tokens, 31k training tokens): k=32 0.72, k=64 0.79; k=96 for margin
+REAL_SAE = SAEConfig(k=96, expansion=4, total_tokens=600_000, batch_size=1024, self_corpus_texts=640,
+                     self_corpus_tokens=96, skip_first_positions=1, max_norm_ratio=10.0)
 
 
 def smollm2_concept_path() -> Path:
@@ -55,7 +64,7 @@ def demo_config(seed: int = 0, device: str = "cpu", n_layers: int = 30):
         "relearning": {"lr": 3e-5},
         "attribution": {"max_items": 16},
     }
-    return AuditConfig(seed=seed, device=device, batch_size=8, n_bootstrap=500, options=options)
+    return AuditConfig(seed=seed, device=device, batch_size=8, n_bootstrap=500, options=options, sae=REAL_SAE)
 
 
 @contextmanager

@@ -363,7 +363,10 @@ def test_sae_cache_damage_is_detected_and_rebuilt(tiny, tmp_path, damage):
     with pytest.warns(RuntimeWarning, match="damaged SAE cache .*training it again"):
         again, quality_again = get_or_train_sae(tiny, SITE, corpus, _tiny_sae_config(), cache_dir=tmp_path)
     assert train.cache_problem(folder) is None and weights.read_bytes() == good  # same seed, same SAE
-    assert quality_again == quality
+
+    def measured(q: dict) -> dict:  # the training's wall times differ between the two builds
+        return {k: v for k, v in q.items() if not k.endswith("_seconds")}
+    assert measured(quality_again) == measured(quality)
     train._MEMO.clear()
 
 

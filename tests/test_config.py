@@ -101,7 +101,7 @@ def test_config_show_resolves_a_file_and_the_dump_round_trips(tmp_path):
     shown = yaml.safe_load(result.output)
     assert shown["seed"] == 3 and shown["options"]["mia"]["attack"] == "zlib" and shown["sae"]["k"] == 4
     assert shown["options"]["depth"] == {"span": "answer", "tau": 0.05, "score": "capped", "min_delta": 0.05,
-                                        "cap": "floor"}
+                                        "cap": "floor", "holdout_floor": True, "min_holdout_items": 4}
     config = load_config(path)
     again = load_config(_write(tmp_path / "again.yaml", dump_config(config)))
     assert again == config and again.opts("mia").attack == "zlib"

@@ -265,6 +265,7 @@ def test_cka_of_an_unchanged_model_is_full_residue_and_needs_a_floor(world):
     assert nudged.post < same.post
     no_floor = _run("cka", _world_pair(world, floor=None), concept)
     assert no_floor.status == "inconclusive" and no_floor.residue is None and "no floor model" in no_floor.evidence
+    assert "To make it conclusive: pass --floor MODEL" in no_floor.evidence
     assert no_floor.tables["per_layer"] and set(no_floor.figures) == {"CKA per layer (last position)",
                                                                       "CKA per layer (subject position)"}
     assert no_floor.post == nudged.post

@@ -78,7 +78,7 @@ def steer_and_select(loaded, items, sites: list[str], vectors: list[Tensor], str
     """
     grid = steer_grid(loaded, items, train, sites, vectors, strengths, batch_size)
     layer, s_index = np.unravel_index(int(np.argmax(grid.mean(-1))), grid.shape[:2])
-    values = np.zeros(len(items))
+    values = np.zeros(len(items), dtype=bool)
     values[train] = grid[layer, s_index]
     values[held] = _held_curve(loaded, items, held, sites[layer], vectors[layer], strengths, batch_size)[s_index]
     return int(layer), int(s_index), values, grid
@@ -104,7 +104,7 @@ def reproduction_rate(pre, items, site: str, shift: Float[Tensor, " d"], strengt
     return float((~reproduced[held][pre_ok]).mean()) if pre_ok.any() else None
 
 
-def add_fitting_accuracy(table: list[dict], post_grid: Float[np.ndarray, "layers strengths train"],
+def add_fitting_accuracy(table: list[dict], post_grid: Bool[np.ndarray, "layers strengths train"],
                          random_grid: Float[np.ndarray, "layers strengths train"]) -> None:
     """Add each layer's best fitting-half accuracy (over strengths) of the steered and the random attack to
     `table` (the held-out half is scored only at the chosen setting)."""
@@ -132,7 +132,7 @@ def steering_evidence(summary: dict) -> str:
             f"{summary['held_out_acc_random_control']:.2f})")
 
 
-def steering_curves(curves_held: dict[str, Float[np.ndarray, "strengths held"]]) -> dict[str, np.ndarray]:
+def steering_curves(curves_held: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Held-out accuracy against strength at the chosen layer, per attack."""
     return {name: values.mean(-1) for name, values in curves_held.items()}
 
