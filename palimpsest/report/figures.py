@@ -124,10 +124,11 @@ def _write_static(figures: Mapping[str, go.Figure], out_dir: Path, formats: list
                              {"fig": spec, "path": tmp / f"{index}.{fmt}",
                               "opts": {"format": fmt, "width": w, "height": h, "scale": scale or 1}}))
         try:
-            # mathjax=False: kaleido would otherwise fetch MathJax from a CDN (no figure here uses LaTeX)
+            # mathjax=False: kaleido would otherwise fetch MathJax from a CDN (no figure here uses LaTeX); a
+            # timeout well above kaleido's 90 s: a large grid on a loaded 2-core machine can take longer
             with _quiet("choreographer", "kaleido"):  # their warnings would add lines to our one-line error
                 errors = kaleido.write_fig_from_object_sync([job[-1] for job in jobs],
-                                                            kopts={"mathjax": False, "path": browser})
+                                                            kopts={"mathjax": False, "path": browser, "timeout": 600})
         except Exception as error:  # noqa: BLE001 — the browser did not start: name the first figure and the fix
             raise FigureExportError(f"could not export figure {jobs[0][0]!r} as {jobs[0][1]}: "
                                     f"{_first_line(error)}; {INSTALL_CHROME}") from None
