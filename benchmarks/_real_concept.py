@@ -1,4 +1,5 @@
-"""A larger SmolLM2 concept for the real-model benchmark: capitals the pre model states, checked on the model.
+"""A larger SmolLM2 concept for the real-model benchmark (a helper module, not a benchmark: `make bench` runs only
+benchmarks/[!_]*.py): capitals the pre model states, checked on the model.
 
 Forget: the shipped concept's 8 capitals, then more countries whose capital the pre model gives (greedy,
 teacher-forced exact match), up to `n_forget`; paraphrases: a second template of each forget fact, kept only when
