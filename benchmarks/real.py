@@ -93,7 +93,7 @@ def main() -> None:
     from palimpsest.audit.context import AuditContext
     from palimpsest.audit.registry import load_analysers
     from palimpsest.audit.runner import build_saes, run_analyser
-    from palimpsest.capture import Activations
+    from palimpsest.capture import Activations, memo
     from palimpsest.concepts import load_concept
     from palimpsest.models import ModelPair
     from palimpsest.real_demo import SMOLLM2_CONFIGS, _quiet_load, demo_config, smollm2_concept_path
@@ -134,6 +134,9 @@ def main() -> None:
         start = time.perf_counter()
         capture_all()
         capture_s = time.perf_counter() - start
+    for loaded in pair.models().values():  # the audit captures afresh, as every audit's first analyser does
+        memo.forget(loaded.model)
+    memo.hold_for_process()  # the analysers share results as in one audit (the runner's memo.session)
     wanted = {a.strip() for a in args.analysers.split(",") if a.strip()}
     analysers = {n: a for n, a in load_analysers("text").items() if not wanted or n in wanted}
     rows = []

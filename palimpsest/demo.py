@@ -161,6 +161,10 @@ def _audit_method(method: str, seed: int, cache: str, config_json: str, out_dir:
 
     if threads:
         torch.set_num_threads(threads)
+    if threads is not None:  # a worker process: its pre and floor stay loaded, so their results are kept too
+        from palimpsest.capture import memo
+
+        memo.hold_for_process()
     setup = organism_setup(seed, cache, parallel=False)
     key = (str(setup.pre_dir), str(setup.floor_dir))
     if key not in _WORKER_REFERENCE:

@@ -28,6 +28,14 @@ def run_methods(out_dir: str | Path, methods: Sequence[str], audit_method: Audit
     `expected` (the verdict each control must get) and `notes` may be functions of the results, for what is known
     only at the end (a control's behaviour gate, the total time).
     """
+    from palimpsest.capture import memo
+
+    with memo.session():  # the audits share what depends only on their pre model (captures, scores: capture.memo)
+        return _run_methods(out_dir, methods, audit_method, title=title, expected=expected, notes=notes,
+                            write=write, pool=pool, progress=progress)
+
+
+def _run_methods(out_dir, methods, audit_method, *, title, expected, notes, write, pool, progress) -> dict:
     from palimpsest.report.comparison import write_comparison
 
     out_dir = Path(out_dir)

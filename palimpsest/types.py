@@ -74,9 +74,10 @@ FITTED_FIELDS: tuple[str, ...] = ("suppressed_min_residue", "deleted_max_residue
 Modality = Literal["text", "image"]  # text: a causal LM and prompt/answer items; image: a digits classifier
 # what an analyser needs from the runner: activations at sites, an SAE per site (built once, shared), gradients
 # through the model, a floor model (without one the analyser is skipped)
-# "weights": reads or copies the weight tensors (so, like "gradients" and "sae", they must not be offloaded to disk)
+# "weights": reads or copies the weight tensors. Weights accelerate offloaded to disk (device_map) are read through
+# accelerate (palimpsest.devices.read_tensor, materialise), so no need excludes an offloaded model by itself: an
+# analyser that cannot run on one says why in `Analyser.offload_blocker` and the runner skips it with that reason
 Need = Literal["activations", "sae", "gradients", "floor", "weights"]
-IN_MEMORY_NEEDS = frozenset({"weights", "gradients", "sae"})
 
 
 class AnalyserConfig(BaseModel):
@@ -103,6 +104,11 @@ class Analyser:
     def sae_sites(self, ctx) -> tuple[str, ...]:
         """The sites this analyser reads an SAE at (the runner trains or loads each once, before any analyser runs)."""
         return ()
+
+    def offload_blocker(self, ctx) -> str | None:
+        """Why this analyser, with these options, cannot run while some model of the pair has weights offloaded to
+        disk by accelerate (device_map); None when it can. The runner then skips it with this reason."""
+        return None
 
     def run(self, ctx) -> Result:
         from palimpsest.audit.finalize import Measurement, finalize

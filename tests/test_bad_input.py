@@ -466,13 +466,14 @@ def _oom_above(monkeypatch, limit: int, error=None):
     real = activations.run_and_capture
     sizes = []
 
-    def flaky(model, tokenizer, batch, sites, backend):
+    def flaky(model, tokenizer, batch, sites, backend, **kwargs):
         sizes.append(len(batch))
         if len(batch) > limit:
             raise error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, tokenizer, batch, sites, backend)
+        return real(model, tokenizer, batch, sites, backend, **kwargs)
 
     monkeypatch.setattr(activations, "run_and_capture", flaky)
+    monkeypatch.setenv("PALIMPSEST_NO_MEMO", "1")  # every capture runs its forward passes (capture.memo)
     return sizes
 
 

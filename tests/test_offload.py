@@ -157,19 +157,87 @@ def test_small_audit_of_an_offloaded_pair_equals_the_audit_in_memory(world, tmp_
     assert all(m.offloaded for m in pair.models().values())
 
 
-def test_analysers_that_need_the_weights_in_memory_are_skipped_with_the_reason(world, tmp_path):
-    """quantization, concept_vectors, pca_shift, direction_ablation read or copy the weights, relearning and mia
-    differentiate them: on an offloaded pair each is skipped (not an error, not a number) and says what to change."""
-    from palimpsest.audit import audit
+# every analyser that reads, copies or differentiates the weights or reads an SAE, with options small enough for the
+# tiny world; relearning fine-tunes the last 2 blocks (block 2 in memory, block 3 on disk) in memory and offloaded
+WEIGHT_ANALYSERS = ("quantization", "concept_vectors", "pca_shift", "direction_ablation", "relearning", "mia",
+                    "attribution", "sae_features", "sae_restoration", "blindspots")
+WEIGHT_OPTIONS = {"relearning": {"steps": 3, "finetune": "last_blocks", "trainable_blocks": 2},
+                  "direction_ablation": {"n_random": 1},
+                  "attribution": {"method": "integrated_gradients", "n_steps": 8, "max_items": 4},
+                  "concept_vectors": {"top_k": 4, "n_random": 1},
+                  "sae_features": {"min_explained_variance": 0.0, "n_random_draws": 2},
+                  "sae_restoration": {"min_explained_variance": 0.0, "n_random_draws": 1, "alphas": (1.0, 5.0)},
+                  "blindspots": {"nb_concepts": 16, "n_points": 64, "epochs": 1, "n_samples": 4,
+                                 "max_new_tokens": 4, "min_selectivity": -1e9}}
+
+
+def _weight_config(cache_dir: Path, names, **options):
+    from palimpsest.sae.config import SAEConfig
     from palimpsest.types import AuditConfig
 
-    names = ("quantization", "concept_vectors", "pca_shift", "direction_ablation", "relearning", "mia")
+    sae = SAEConfig(expansion=2, k=4, total_tokens=1024, batch_size=32, min_selectivity=0.0, min_forget_firing=0.0)
+    return AuditConfig(n_bootstrap=20, analysers=tuple(names), sae=sae, cache_dir=str(cache_dir),
+                       options={**WEIGHT_OPTIONS, **options})
+
+
+def _numbers(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a (nested) summary, by dotted key."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def test_analysers_that_read_the_weights_give_the_same_results_on_an_offloaded_pair(world, tmp_path, monkeypatch):
+    """quantization (layer by layer), concept_vectors, pca_shift, direction_ablation (weights read through
+    accelerate), relearning (the last blocks loaded into memory and trained there), mia (without grad_norm),
+    attribution (integrated gradients through accelerate's hooks) and the SAE analysers (an SAE trained on the
+    offloaded model's activations, spliced in through hooks) run on an offloaded pair and measure what they measure
+    on the pair in memory. The SAEs are cached by weight hash, which is the same for the offloaded models."""
+    from palimpsest.audit import audit
+
+    monkeypatch.setenv("PALIMPSEST_PORTABLE_KERNELS", "0")  # the SAE trained in this process: no second process
+    config = _weight_config(tmp_path / "cache", WEIGHT_ANALYSERS)
+    roles = dict(floor_source=str(world["floor"]))
+    expected = audit(load_pair(str(world["pre"]), str(world["post"]), **roles), CONCEPT, config)
+    pair = load_pair(str(world["pre"]), str(world["post"]), device_map=EXPLICIT, offload_folder=tmp_path / "off",
+                     **roles)
+    got = audit(pair, CONCEPT, config)
+    assert all(m.offloaded for m in pair.models().values())
+    for name in WEIGHT_ANALYSERS:
+        result, other = expected.analyses[name], got.analyses[name]
+        assert result.status not in ("error", "skipped"), (name, result.notes)
+        assert other.status == result.status, (name, other.status, other.notes)
+        if result.residue is None:
+            assert other.residue is None, name
+        else:
+            assert other.residue == pytest.approx(result.residue, abs=1e-5), name
+        numbers, other_numbers = _numbers(result.summary), _numbers(other.summary)
+        if name == "mia":  # grad_norm is not computed offloaded, and says so
+            numbers = {k: v for k, v in numbers.items() if not k.endswith("grad_norm")}
+            assert not any(k.endswith("grad_norm") for k in other_numbers), other_numbers
+            assert any(n.startswith("grad_norm not computed") and "meta device" in n for n in other.notes), other.notes
+        for key, value in numbers.items():
+            assert other_numbers.get(key) == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
+    assert sum(r.status == "ok" for r in expected.analyses.values()) >= 3, \
+        {n: (r.status, r.notes[:1]) for n, r in expected.analyses.items()}
+
+
+@pytest.mark.parametrize("name, options, reason", [
+    ("relearning", {"finetune": "full"}, "finetune='full' fine-tunes every weight"),
+    ("mia", {"attack": "grad_norm"}, "cannot differentiate parameters on the meta device"),
+])
+def test_what_still_needs_every_weight_in_memory_is_skipped_with_its_reason(world, tmp_path, name, options, reason):
+    from palimpsest.audit import audit
+
     pair = load_pair(str(world["pre"]), str(world["post"]), device_map=EXPLICIT, offload_folder=tmp_path / "off")
-    got = audit(pair, CONCEPT, AuditConfig(n_bootstrap=20, analysers=names, cache_dir=str(tmp_path)))
-    for name in names:
-        result = got.analyses[name]
-        assert result.status == "skipped", (name, result.status, result.notes)
-        assert "offloaded to disk" in result.notes[0] and "--max-memory" in result.notes[0], name
+    result = audit(pair, CONCEPT, _weight_config(tmp_path, (name,), **{name: options})).analyses[name]
+    assert result.status == "skipped", (result.status, result.notes)
+    assert reason in result.notes[0] and "offloaded to disk" in result.notes[0] and "--max-memory" in result.notes[0]
+    assert "\n" not in result.notes[0]
 
 
 def test_offload_folders_are_per_model_and_temporary_ones_are_removed(world, tmp_path):
@@ -186,12 +254,119 @@ def test_offload_folders_are_per_model_and_temporary_ones_are_removed(world, tmp
     assert not folder.exists()
 
 
-def test_relearning_refuses_an_offloaded_model(world):
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_relearning_an_offloaded_model_trains_its_last_blocks_in_memory(world, placement):
+    """The last blocks' weights are loaded into the copy (accelerate) and trained there, the other blocks stay on
+    disk: the same losses and the same tuned model as the model in memory; the original is untouched."""
     from palimpsest.restoration import relearn
 
-    offloaded = load_model(world["pre"], device_map=EXPLICIT)
-    with pytest.raises(ValueError, match="offloaded to disk"):
-        relearn(offloaded, list(CONCEPT.forget), steps=1, lr=1e-3, batch_size=4, seed=0)
+    reference, offloaded = load_model(world["pre"]), load_model(world["pre"], **PLACEMENTS[placement])
+    prompts = [it.prompt for it in CONCEPT.holdout]
+    clean = _logits(offloaded, prompts)
+    kw = dict(steps=4, lr=1e-2, batch_size=4, seed=0, finetune="last_blocks", trainable_blocks=2)
+    expected, _ = relearn(reference, list(CONCEPT.holdout), **kw)
+    tuned, _ = relearn(offloaded, list(CONCEPT.holdout), **kw)
+    assert tuned.meta["relearn"]["trained"] == expected.meta["relearn"]["trained"]
+    assert tuned.meta["relearn"]["losses"] == pytest.approx(expected.meta["relearn"]["losses"], rel=1e-5)
+    torch.testing.assert_close(_logits(tuned, prompts), _logits(expected, prompts), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_logits(tuned, prompts), clean)  # it did learn
+    for name in tuned.meta["relearn"]["trained"]:  # block 3 is on disk in both placements: now in the copy's memory
+        assert tuned.model.get_parameter(name).device.type == "cpu", name
+    assert tuned.model.model.layers[1].mlp.down_proj.weight.device.type == "meta"  # frozen, still on disk
+    assert offloaded.model.model.layers[3].mlp.down_proj.weight.device.type == "meta"
+    torch.testing.assert_close(_logits(offloaded, prompts), clean, rtol=0, atol=0)  # the original is untouched
+    auto, _ = relearn(offloaded, list(CONCEPT.holdout), **{**kw, "finetune": "auto", "steps": 1})
+    assert auto.meta["relearn"]["finetune"] == "last_blocks"  # what an offloaded model can fine-tune
+    with pytest.raises(ValueError, match="full fine-tuning needs every weight in memory") as caught:
+        relearn(offloaded, list(CONCEPT.forget), **{**kw, "finetune": "full"})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_quantizing_an_offloaded_model_layer_by_layer_equals_quantizing_it_in_memory(world, placement):
+    from palimpsest.devices import is_offloaded
+    from palimpsest.restoration.quantization import quantized
+
+    reference, offloaded = load_model(world["pre"]), load_model(world["pre"], **PLACEMENTS[placement])
+    prompts = [it.prompt for it in CONCEPT.forget]
+    clean = _logits(offloaded, prompts)
+    for bits in (8, 4):
+        copy = quantized(offloaded, bits)
+        assert not is_offloaded(copy.model)  # the quantized copy is in memory and loads nothing from disk
+        got, expected = _logits(copy, prompts), _logits(quantized(reference, bits), prompts)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(got, clean)  # it is quantized
+    torch.testing.assert_close(_logits(offloaded, prompts), clean, rtol=0, atol=0)
+    assert offloaded.model.model.layers[3].mlp.down_proj.weight.device.type == "meta"
+
+
+# the input embedding, final norm and unembedding on disk too: everything read at the ends of the model is offloaded
+ENDS_ON_DISK = {**EXPLICIT, "model.embed_tokens": "disk", "model.norm": "disk", "lm_head": "disk"}
+
+
+def test_weights_read_from_an_offloaded_model_are_the_weights_in_memory(world):
+    from palimpsest.attribution.methods import baseline_vector
+    from palimpsest.devices import read_parameter, read_tensor
+    from palimpsest.probes.lens import Readout
+    from palimpsest.probes.vectors import VocabStats, all_value_vectors, unembedding
+    from palimpsest.restoration.head_ablation import head_edit_basis
+    from palimpsest.sae.train import model_hash
+
+    reference, offloaded = load_model(world["pre"]), load_model(world["pre"], device_map=ENDS_ON_DISK)
+    post = load_model(world["post"], device_map=ENDS_ON_DISK)
+    assert offloaded.model.lm_head.weight.device.type == "meta" and offloaded.model.model.norm.weight.device.type == "meta"
+    for name, param in reference.model.named_parameters():
+        assert torch.equal(read_parameter(offloaded.model, name), param.detach()), name
+    assert offloaded.model.model.layers[1].mlp.up_proj.weight.device.type == "meta"  # offloaded again after reading
+    for got, expected in zip(all_value_vectors(offloaded.model), all_value_vectors(reference.model), strict=True):
+        assert torch.equal(got, expected)
+    assert torch.equal(unembedding(offloaded.model), unembedding(reference.model))
+    vectors = torch.randn(3, reference.d_model, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(Readout.of(offloaded.model).normalise(vectors), Readout.of(reference.model).normalise(vectors))
+    torch.testing.assert_close(VocabStats.of(offloaded.model).concept_scores(vectors, [4, 5]),
+                               VocabStats.of(reference.model).concept_scores(vectors, [4, 5]))
+    assert torch.equal(baseline_vector(offloaded.model, offloaded.tokenizer, "mean"),
+                       baseline_vector(reference.model, reference.tokenizer, "mean"))
+    basis = head_edit_basis(offloaded.model, post.model, 3)
+    expected = head_edit_basis(reference.model, load_model(world["post"]).model, 3)
+    assert basis.device.type == "cpu" and torch.allclose(basis.abs(), expected.abs(), atol=1e-5)  # up to sign
+    assert model_hash(offloaded.model) == model_hash(reference.model)  # so an SAE cached for one serves the other
+    with pytest.raises(ValueError, match="has no tensor 'nope'"):
+        read_tensor(offloaded.model.lm_head, "nope")
+    with torch.device("meta"):
+        bare = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="on the meta device and no accelerate hook loads it") as caught:
+        read_tensor(bare)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_sae_trained_on_an_offloaded_model_is_the_sae_trained_in_memory(world, tmp_path, monkeypatch):
+    """In-process training (the portable-kernel process would load every weight into memory) on the activations
+    captured through accelerate's hooks: the same SAE as trained on the model in memory the same way."""
+    from palimpsest.sae import train
+    from palimpsest.sae.config import SAEConfig
+    from palimpsest.sae.data import concept_corpus
+
+    monkeypatch.setenv("PALIMPSEST_PORTABLE_KERNELS", "0")  # both in this process, so both with the same kernels
+    config = SAEConfig(expansion=2, k=4, total_tokens=1024, batch_size=32)
+    corpus = concept_corpus(CONCEPT)
+    site = "blocks.3.hook_resid_pre"  # the output of block 2 (in memory), read where block 3 (on disk) starts
+    trained = []
+
+    def train_sae(*args, **kwargs):
+        trained.append(1)
+        return real_train(*args, **kwargs)
+
+    real_train = train.train_sae
+    monkeypatch.setattr(train, "train_sae", train_sae)
+    monkeypatch.setattr(train, "_MEMO", {})  # the two models hash alike: no SAE of one may be served to the other
+    expected, _ = train.get_or_train_sae(load_model(world["pre"]), site, corpus, config, cache_dir=tmp_path / "a")
+    monkeypatch.setattr(train, "_MEMO", {})
+    got, quality = train.get_or_train_sae(load_model(world["pre"], device_map=EXPLICIT), site, corpus, config,
+                                          cache_dir=tmp_path / "b")
+    assert len(trained) == 2 and not (tmp_path / "a").samefile(tmp_path / "b")
+    torch.testing.assert_close(got.W_dec, expected.W_dec, rtol=1e-5, atol=1e-6)
+    assert quality["ce_loss_spliced"] > 0  # the SAE was spliced into the offloaded model's forward pass
 
 
 @pytest.mark.parametrize("device_map, match", [

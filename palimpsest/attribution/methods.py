@@ -26,7 +26,7 @@ from torch import Tensor
 from palimpsest.attribution.units import Words, delete_words, split_words, word_owners
 from palimpsest.capture import answer_ids, score_answers
 from palimpsest.concepts import Item
-from palimpsest.devices import input_device
+from palimpsest.devices import input_device, read_tensor
 
 Method = Literal["occlusion", "integrated_gradients"]
 METHODS: tuple[str, ...] = ("occlusion", "integrated_gradients")
@@ -115,7 +115,7 @@ def baseline_vector(model, tokenizer, baseline: str | int) -> Float[Tensor, " d_
     whose norm is typical. Norm matters: RMSNorm makes a model nearly scale-invariant in its input, so a baseline
     at (or near) zero, such as a pad embedding, turns the path integral into a step at the origin that no
     quadrature resolves (completeness then fails). 'zero', 'pad', 'unk', 'eos' or a token id are also accepted."""
-    weight = model.get_input_embeddings().weight.detach()
+    weight = read_tensor(model.get_input_embeddings())  # loaded from accelerate's offload when on the meta device
     if baseline == "mean":
         mean = weight.mean(0)
         return mean * (weight.norm(dim=-1).mean() / mean.norm().clamp(min=1e-12))

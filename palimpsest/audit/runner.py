@@ -15,10 +15,10 @@ from palimpsest import __version__
 from palimpsest.audit.context import AuditContext, SAEStore
 from palimpsest.audit.registry import load_analysers
 from palimpsest.audit.verdict import decide
-from palimpsest.capture import Activations
+from palimpsest.capture import Activations, memo
 from palimpsest.concepts import ConceptSpec
 from palimpsest.devices import offloaded_models
-from palimpsest.types import IN_MEMORY_NEEDS, AuditConfig, Result, skipped
+from palimpsest.types import AuditConfig, Result, skipped
 
 
 class AuditResult(BaseModel):
@@ -73,11 +73,11 @@ def run_analyser(analyser, ctx: AuditContext) -> Result:
     if "floor" in analyser.needs and ctx.pair.floor is None:
         return skipped(analyser.name, "needs a floor model (a model that never learned the concept); none was given",
                        kind=analyser.kind)
-    offloaded = offloaded_models(ctx.pair) if ctx.modality == "text" and analyser.needs & IN_MEMORY_NEEDS else []
-    if offloaded:
-        return skipped(analyser.name, f"{', '.join(offloaded)}: weights offloaded to disk (device_map); "
-                                      f"{analyser.name} reads or differentiates the weights, so it needs them in "
-                                      "memory: give --max-memory room for the whole model, or drop --device-map",
+    offloaded = offloaded_models(ctx.pair) if ctx.modality == "text" and ctx.pair is not None else []
+    blocker = analyser.offload_blocker(ctx.for_analyser(analyser)) if offloaded else None
+    if blocker:
+        return skipped(analyser.name, f"{', '.join(offloaded)}: weights offloaded to disk (device_map); {blocker}: "
+                                      "give --max-memory room for the whole model, or drop --device-map",
                        kind=analyser.kind)
     try:
         result = analyser.run(ctx.for_analyser(analyser))
@@ -215,7 +215,13 @@ def audit(pair, concept: ConceptSpec, config: AuditConfig | None = None, *,
 
 def run_and_decide(analysers: dict, ctx: AuditContext, *, progress: ProgressFn | None = None) -> AuditResult:
     """Build what the analysers need (SAEs), run them in order (timed, one failure never loses the others) and
-    synthesise the verdict."""
+    synthesise the verdict. Results of pure computations are kept for the audit (capture.memo): the analysers share
+    them, and so do the audits of one pre model inside an outer `memo.session()` (the demo, validate)."""
+    with memo.session():
+        return _run_and_decide(analysers, ctx, progress=progress)
+
+
+def _run_and_decide(analysers: dict, ctx: AuditContext, *, progress: ProgressFn | None) -> AuditResult:
     results: dict[str, Result] = {}
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -28,8 +28,8 @@ from pydantic import Field
 from torch import Tensor
 
 from palimpsest.capture import encode, intervene, replace_with, resid_post_sites, run_and_capture
-from palimpsest.capture.backends import forward_kwargs
-from palimpsest.capture.scoring import answer_token_logprobs
+from palimpsest.capture.memo import memoized, model_stamp
+from palimpsest.capture.scoring import answer_logits, answer_token_logprobs
 from palimpsest.capture.tokens import EncodedBatch
 from palimpsest.devices import input_device
 from palimpsest.stats import bootstrap_ci
@@ -73,9 +73,16 @@ def patch_mask(batch: EncodedBatch, span: PatchSpan = "answer") -> Bool[Tensor, 
     raise ValueError(f"unknown patch span {span!r}: use answer, prompt, subject or all")
 
 
-def _mean_answer_logprob(logits: Float[Tensor, "batch pos vocab"], batch: EncodedBatch) -> Float[Tensor, " batch"]:
-    lps, _, _ = answer_token_logprobs(logits, batch)
+def _mean_answer_logprob(logits: Float[Tensor, "batch pos vocab"], batch: EncodedBatch,
+                         offset: int = 0) -> Float[Tensor, " batch"]:
+    lps, _, _ = answer_token_logprobs(logits, batch, offset)
     return torch.stack([lp.mean() for lp in lps])
+
+
+def _answer_logprob(model, batch: EncodedBatch) -> Float[Tensor, " batch"]:
+    """The mean answer-token log-prob per row of one forward pass (the unembedding on the answer window only)."""
+    logits, offset = answer_logits(model, batch)
+    return _mean_answer_logprob(logits, batch, offset)
 
 
 def patching_drops(
@@ -93,17 +100,37 @@ def patching_drops(
         chunk = items[start:start + batch_size]
         batch = encode(target.tokenizer, [it.prompt for it in chunk], [it.answer for it in chunk],
                        [it.subject for it in chunk]).to(device)
-        _, states = run_and_capture(source.model, source.tokenizer, batch, sites, backend)
+        _, states = run_and_capture(source.model, source.tokenizer, batch, sites, backend, all_logits=False)
         mask = patch_mask(batch, span)
         with torch.inference_mode():
-            base.append(_mean_answer_logprob(target.model(**forward_kwargs(batch)).logits, batch))
-            per_layer = []
-            for site in sites:
-                with intervene(target.model, {site: replace_with(states[site], mask)}):
-                    logits = target.model(**forward_kwargs(batch)).logits
-                per_layer.append(_mean_answer_logprob(logits, batch))
-        patched.append(torch.stack(per_layer, dim=1))
+            base.append(_answer_logprob(target.model, batch))
+        patched.append(_patched_per_layer(target.model, batch, [(site, states[site], mask) for site in sites]))
     return torch.cat(base).double().numpy(), torch.cat(patched).double().numpy()
+
+
+PATCH_TOKENS = 1024  # tokens per forward pass of the layer sweep: several layers' patched copies of a batch at once
+
+
+def _patched_per_layer(model, batch: EncodedBatch, patches: list[tuple[str, Tensor, Tensor]],
+                       tokens: int | None = None) -> Float[Tensor, "batch layers"]:
+    """Per row and patch (site, values [batch, pos, d], positions [batch, pos]): the mean answer log-prob with that
+    one patch applied. The batch is repeated once per patch of a group and each patch edits only its own copy, so
+    one forward pass scores several layers (the same numbers as one pass per layer, at a larger batch)."""
+    n = len(batch)
+    group = max(1, (tokens or PATCH_TOKENS) // max(1, batch.input_ids.numel()))
+    out = []
+    for start in range(0, len(patches), group):
+        chunk = patches[start:start + group]
+        tiled = EncodedBatch(*(getattr(batch, f).repeat(len(chunk), *([1] * (getattr(batch, f).ndim - 1)))
+                               for f in batch.__dataclass_fields__))
+        edits = {}
+        for copy_index, (site, values, positions) in enumerate(chunk):
+            own = torch.zeros(len(chunk) * n, *positions.shape[1:], dtype=torch.bool, device=positions.device)
+            own[copy_index * n:(copy_index + 1) * n] = positions.bool()
+            edits[site] = replace_with(values.repeat(len(chunk), *([1] * (values.ndim - 1))), own)
+        with torch.inference_mode(), intervene(model, edits):
+            out.append(_answer_logprob(model, tiled).reshape(len(chunk), n).T)
+    return torch.cat(out, dim=1)
 
 
 def counterfactual_items(items, holdout) -> list:
@@ -145,21 +172,19 @@ def holdout_patching_drops(
                        [it.subject for it in chunk]).to(device)
         src = encode(target.tokenizer, [it.prompt for it in src_chunk], [it.answer for it in src_chunk],
                      [it.subject for it in src_chunk]).to(device)
-        _, states = run_and_capture(target.model, target.tokenizer, src, sites, backend)
+        _, states = run_and_capture(target.model, target.tokenizer, src, sites, backend, all_logits=False)
         mask, src_mask = patch_mask(batch, "answer"), patch_mask(src, "answer")
         aligned = mask.sum(1) == src_mask.sum(1)
         mask = mask & aligned[:, None]
         with torch.inference_mode():
-            base.append(_mean_answer_logprob(target.model(**forward_kwargs(batch)).logits, batch))
-            per_layer = []
-            for site in sites:
-                moved = torch.zeros(*mask.shape, states[site].shape[-1], dtype=states[site].dtype, device=device)
-                moved[mask] = states[site][src_mask & aligned[:, None]].to(device)  # row-major: one for one
-                with intervene(target.model, {site: replace_with(moved, mask)}):
-                    logits = target.model(**forward_kwargs(batch)).logits
-                per_layer.append(torch.where(aligned.to(logits.device), _mean_answer_logprob(logits, batch),
-                                             torch.nan))
-        patched.append(torch.stack(per_layer, dim=1))
+            base.append(_answer_logprob(target.model, batch))
+        patches = []
+        for site in sites:
+            moved = torch.zeros(*mask.shape, states[site].shape[-1], dtype=states[site].dtype, device=device)
+            moved[mask] = states[site][src_mask & aligned[:, None]].to(device)  # row-major: one for one
+            patches.append((site, moved, mask))
+        per_layer = _patched_per_layer(target.model, batch, patches)
+        patched.append(torch.where(aligned[:, None].to(per_layer.device), per_layer, torch.nan))
     return torch.cat(base).double().numpy(), torch.cat(patched).double().numpy()
 
 
@@ -304,12 +329,21 @@ class UnlearningDepth(Analyser):
         if pair.floor is None and not (opts.holdout_floor and opts.span == "answer"
                                        and len(holdout) >= opts.min_holdout_items):
             return self._s2_only(d2_items, len(items), opts, notes, ctx, len(holdout))
+        # S1 reads pre and the floor (or pre alone): kept for the pre model (capture.memo), so every audit of this
+        # pre against another post model reuses it
         if pair.floor is not None:
-            _, floor_patched = patching_drops(pair.pre, pair.floor, items, **kwargs)
+            floor_stamp = model_stamp(pair.floor.model)
+            key = ("depth.floor_patched", tuple(items), opts.span, config.backend, config.batch_size,
+                   id(pair.floor.model), floor_stamp)
+            compute = lambda: patching_drops(pair.pre, pair.floor, items, **kwargs)[1]  # noqa: E731
+            floor_patched = memoized(pair.pre.model, key, compute) if floor_stamp is not None else compute()
             floor_source = "floor model (retain/oracle) patched in as S1"
         else:
-            _, floor_patched = holdout_patching_drops(pair.pre, items, holdout, backend=config.backend,
-                                                      batch_size=config.batch_size)
+            floor_patched = memoized(
+                pair.pre.model, ("depth.holdout_patched", tuple(items), tuple(holdout), config.backend,
+                                 config.batch_size),
+                lambda: holdout_patching_drops(pair.pre, items, holdout, backend=config.backend,
+                                               batch_size=config.batch_size)[1])
             floor_source = (f"never-known holdout facts ({len(holdout)} items): the pre model's own states on a "
                             "holdout prompt + the forget answer patched in as S1")
             kept = np.isfinite(floor_patched).all(1)

@@ -16,13 +16,17 @@ from sklearn.metrics import roc_auc_score
 
 from palimpsest.capture import encode
 from palimpsest.capture.backends import forward_kwargs
+from palimpsest.capture.memo import memoized
 from palimpsest.capture.tokens import continuation
-from palimpsest.devices import input_device
+from palimpsest.devices import input_device, offloaded_models
 from palimpsest.stats import bootstrap_ci_independent, calibrate_value
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register, skipped
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "grad_norm", "reference")
 Attack = Literal["loss", "zlib", "min_k", "min_k_plus_plus", "grad_norm", "reference"]
+# why an offloaded model gets no gradient-norm score
+GRAD_NORM_OFFLOADED = ("gradient-norm attack differentiates every parameter through torch.func.functional_call, "
+                       "which cannot differentiate parameters on the meta device")
 VARIANCE_FLOOR = 1e-6  # open-unlearning's Min-K%++ clamps the next-token log-prob variance here
 
 
@@ -194,6 +198,11 @@ class MembershipInference(Analyser):
     modalities = frozenset({"text"})
     needs = frozenset({"gradients"})  # the gradient-norm attack; the floor is optional (without it: info only)
 
+    def offload_blocker(self, ctx) -> str | None:
+        if ctx.opts.attack == "grad_norm":
+            return f"the {GRAD_NORM_OFFLOADED}, and attack='grad_norm' is the residue"
+        return None  # the other attacks run; grad_norm is left out and a note says why
+
     def measure(self, ctx) -> Result:
         opts: MIAConfig = ctx.opts
         pair, concept, config = ctx.pair, ctx.concept, ctx.config
@@ -206,13 +215,23 @@ class MembershipInference(Analyser):
         texts = [full_text(it) if opts.text == "full" else it.answer for it in items]
         labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
         models = pair.models()
-        stats = {name: token_statistics(loaded.model, loaded.tokenizer, prompts, answers, config.batch_size)
+        offloaded = offloaded_models(pair)  # then no gradient norms, for any model (every AUC over the same attacks)
+        if offloaded and (blocker := self.offload_blocker(ctx)):
+            return skipped(self.name, f"{', '.join(offloaded)}: weights offloaded to disk (device_map); {blocker}")
+        def text_key(kind: str, loaded) -> tuple:  # kept per model (capture.memo): every audit of this pre reuses it
+            return (kind, id(loaded.tokenizer), tuple(prompts), None if answers is None else tuple(answers))
+
+        stats = {name: memoized(loaded.model, (*text_key("mia.token_statistics", loaded), config.batch_size),
+                                lambda loaded=loaded: token_statistics(loaded.model, loaded.tokenizer, prompts, answers,
+                                                                       config.batch_size))
                  for name, loaded in models.items()}
         reference_loss = mean_loss(stats["floor"]) if "floor" in stats else None
         aucs: dict[str, dict[str, float]] = {}
         scores_by_model = {}
         for model_name, loaded in models.items():
-            grads = gradient_norms(loaded.model, loaded.tokenizer, prompts, answers, opts.p)
+            grads = memoized(loaded.model, (*text_key("mia.gradient_norms", loaded), opts.p),
+                             lambda loaded=loaded: gradient_norms(loaded.model, loaded.tokenizer, prompts, answers,
+                                                                  opts.p)) if not offloaded else None
             scores_by_model[model_name] = scores = attack_scores(stats[model_name], texts, k, grad_norms=grads,
                                                                  reference_loss=reference_loss)
             aucs[model_name] = {a: float(roc_auc_score(labels, s)) for a, s in scores.items()}
@@ -255,6 +274,9 @@ class MembershipInference(Analyser):
                 result = Result(name=self.name, kind="residue", residue=residue, ci=ci, **fields,
                                 evidence=(f"{attack} membership AUC {ceiling:.2f} (pre) -> {post:.2f} (post), floor "
                                           f"{floor:.2f}; PrivLeak {summary['privleak'][attack]:+.1f}%"))
+        if offloaded:
+            result.notes.append(f"grad_norm not computed: {', '.join(offloaded)} offloaded to disk (device_map), and "
+                                f"the {GRAD_NORM_OFFLOADED}")
         for title, figure in self.figures(aucs, ctx).items():
             result.add_figure(title, figure)
         return result

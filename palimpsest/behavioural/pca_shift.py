@@ -15,7 +15,7 @@ from torch import Tensor
 
 from palimpsest.capture import encode, resid_post_sites, run_and_capture
 from palimpsest.capture.tokens import EncodedBatch
-from palimpsest.devices import input_device
+from palimpsest.devices import input_device, read_parameter
 from palimpsest.types import Analyser, AnalyserConfig, Result, register
 
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
@@ -42,7 +42,7 @@ def span_activations(loaded, items, sites: list[str], backend: str, batch_size: 
         chunk = items[start:start + batch_size]
         batch = encode(loaded.tokenizer, [it.prompt for it in chunk], [it.answer for it in chunk],
                        [it.subject for it in chunk]).to(device)
-        _, acts = run_and_capture(loaded.model, loaded.tokenizer, batch, sites, backend)
+        _, acts = run_and_capture(loaded.model, loaded.tokenizer, batch, sites, backend, all_logits=False)
         mask = answer_span_mask(batch)
         for site in sites:
             out[site].append(acts[site][mask].float().cpu())
@@ -69,8 +69,8 @@ def pc_shift(pca: PCA, pre: Float[np.ndarray, "n d"], other: Float[np.ndarray, "
 
 def weight_changes(pre_model: torch.nn.Module, post_model: torch.nn.Module) -> list[dict]:
     """||W_post − W_pre|| / ||W_pre|| (Frobenius) for every parameter tensor; tensors only one side has are listed
-    with change None and a note."""
-    pre = dict(pre_model.named_parameters())
+    with change None and a note. Weights offloaded by accelerate are loaded one tensor (per model) at a time."""
+    pre = dict(pre_model.named_parameters())  # shapes only: offloaded tensors (meta) are read one at a time below
     post = dict(post_model.named_parameters())
     rows = []
     with torch.no_grad():
@@ -81,7 +81,8 @@ def weight_changes(pre_model: torch.nn.Module, post_model: torch.nn.Module) -> l
                 where = "post" if name not in pre else "pre" if name not in post else "both, with different shapes"
                 rows.append({"tensor": name, "layer": layer, "rel_change": None, "note": f"only in {where}"})
                 continue
-            a, b = pre[name].detach().float(), post[name].detach().to(pre[name].device).float()
+            a = read_parameter(pre_model, name).float()
+            b = read_parameter(post_model, name).to(a.device).float()
             denom = float(a.norm())
             diff = float((b - a).norm())
             rows.append({"tensor": name, "layer": layer, "rel_change": diff / denom if denom > 0 else diff})

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from palimpsest.capture.backends import Backend, run_and_capture
+from palimpsest.capture.memo import memoized
 from palimpsest.capture.sites import resid_post_sites, resolve
 from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import ConceptSpec, Item, ItemSet
@@ -83,7 +84,7 @@ def _free_memory() -> None:
 def _run_or_oom(model, tokenizer, batch: EncodedBatch, sites: Sequence[str], backend: Backend):
     """(activations, "") after a forward pass, or (None, the error's name) when it ran out of memory."""
     try:
-        return run_and_capture(model, tokenizer, batch, list(sites), backend)[1], ""
+        return run_and_capture(model, tokenizer, batch, list(sites), backend, all_logits=False)[1], ""
     except RuntimeError as error:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(error):
             raise
@@ -118,10 +119,23 @@ def capture(
 ) -> dict[str, Float[Tensor, "n ..."]]:
     """Activations at `sites` for `items` (Items or plain prompts), one row per item (per token for 'all').
 
-    An out-of-memory error halves the batch size and retries, and says so.
+    An out-of-memory error halves the batch size and retries, and says so. With the torch backend the result is
+    kept for the model (palimpsest.capture.memo): the same capture asked again, by any analyser, is reused.
     """
     for site in sites:
         resolve(model, site)  # a bad site name fails here with the list of valid ones
+    if backend == "torch" and progress is None:
+        key = ("capture", id(tokenizer), tuple(items), tuple(sites), position, with_answers, batch_size, padding)
+        return dict(memoized(model, key, lambda: _capture(model, tokenizer, items, sites, position=position,
+                                                     with_answers=with_answers, backend=backend,
+                                                     batch_size=batch_size, padding=padding, model_name=model_name,
+                                                     progress=None), share=True))
+    return _capture(model, tokenizer, items, sites, position=position, with_answers=with_answers, backend=backend,
+                    batch_size=batch_size, padding=padding, model_name=model_name, progress=progress)
+
+
+def _capture(model, tokenizer, items, sites, *, position: Position, with_answers: bool, backend: Backend,
+             batch_size: int, padding: str, model_name: str, progress) -> dict[str, Float[Tensor, "n ..."]]:
     prompts = [it if isinstance(it, str) else it.prompt for it in items]
     answers = None if not with_answers else [it.answer for it in items]  # type: ignore[union-attr]
     subjects = [None if isinstance(it, str) else it.subject for it in items]

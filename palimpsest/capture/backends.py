@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Literal
 
@@ -31,7 +32,16 @@ def forward_kwargs(batch: EncodedBatch) -> dict:
     return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
 
 
-def _torch_capture(model, batch: EncodedBatch, sites: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward pass can unembed a subset of positions (HF `logits_to_keep`)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _torch_capture(model, batch: EncodedBatch, sites: list[str],
+                   all_logits: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     store: dict[str, Tensor] = {}
     handles = []
     try:
@@ -47,7 +57,9 @@ def _torch_capture(model, batch: EncodedBatch, sites: list[str]) -> tuple[Tensor
                     value = args[0] if args else kwargs["hidden_states"]
                     store[target.site] = _shape(target, value.detach())
                 handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        logits = model(**forward_kwargs(batch)).logits
+        # without all_logits the unembedding runs at the last position only (the captures are the same)
+        keep = {} if all_logits or not takes_logits_to_keep(model) else {"logits_to_keep": 1}
+        logits = model(**forward_kwargs(batch), **keep).logits
     finally:
         for handle in handles:
             handle.remove()
@@ -122,13 +134,15 @@ def _nnsight_capture(model, batch: EncodedBatch, sites: list[str]) -> tuple[Tens
 
 
 def run_and_capture(
-    model, tokenizer, batch: EncodedBatch, sites: list[str], backend: Backend = "torch"
+    model, tokenizer, batch: EncodedBatch, sites: list[str], backend: Backend = "torch", *, all_logits: bool = True
 ) -> tuple[Float[Tensor, "batch pos vocab"], dict[str, Tensor]]:
-    """One forward pass of `batch`; returns the logits and each site's activation [batch, pos, ...]."""
+    """One forward pass of `batch`; returns the logits and each site's activation [batch, pos, ...]. With
+    `all_logits=False` the torch backend may return the logits of the last position only (for callers that read
+    the activations alone: the unembedding of every position is most of a small model's forward pass)."""
     batch = batch.to(input_device(model))
     with torch.inference_mode():
         if backend == "torch":
-            return _torch_capture(model, batch, sites)
+            return _torch_capture(model, batch, sites, all_logits)
         if backend == "transformer_lens":
             return _tl_capture(model, tokenizer, batch, sites)
         if backend == "nnsight":

@@ -20,7 +20,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from palimpsest.capture.activations import NonFiniteError
-from palimpsest.capture.backends import forward_kwargs
+from palimpsest.capture.backends import forward_kwargs, takes_logits_to_keep
+from palimpsest.capture.memo import memoized
 from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import Item
 from palimpsest.devices import input_device
@@ -47,16 +48,33 @@ class AnswerScores:
         return float(self.correct.mean()) if len(self.correct) else float("nan")
 
 
+def answer_logits(model, batch: EncodedBatch, **kwargs) -> tuple[Float[Tensor, "batch window vocab"], int]:
+    """(logits at the positions that predict answer tokens, the first of those positions): one window over the batch,
+    through the model's `logits_to_keep` where it has one, so the unembedding runs on those positions only (the
+    same numbers as the full logits there); the full logits and 0 otherwise. `kwargs` go to the forward pass."""
+    inputs = {**forward_kwargs(batch), **kwargs}
+    starts = batch.answer_start - 1
+    if bool((batch.answer_start < 1).any()) or not takes_logits_to_keep(model):
+        return model(**inputs).logits, 0
+    low, high = int(starts.min()), int((starts + batch.answer_len).max())
+    keep = torch.arange(low, high, device=batch.input_ids.device)
+    logits = model(**inputs, logits_to_keep=keep).logits
+    if logits.shape[1] != high - low:  # a forward pass that ignores logits_to_keep returns every position
+        return logits, 0
+    return logits, low
+
+
 def answer_token_logprobs(
-    logits: Float[Tensor, "batch pos vocab"], batch: EncodedBatch
+    logits: Float[Tensor, "batch pos vocab"], batch: EncodedBatch, offset: int = 0
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Per row: log p of each answer token, its rank, whether it is the argmax."""
+    """Per row: log p of each answer token, its rank, whether it is the argmax. `logits` start at position `offset`
+    (`answer_logits`' window)."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     out_lp, out_rank, out_top = [], [], []
     for row in range(logits.shape[0]):
         start, length = int(batch.answer_start[row]), int(batch.answer_len[row])
         targets = batch.input_ids[row, start:start + length]
-        preds = logprobs[row, start - 1:start - 1 + length]
+        preds = logprobs[row, start - 1 - offset:start - 1 - offset + length]
         lp = preds.gather(-1, targets[:, None]).squeeze(-1)
         rank = (preds > lp[:, None]).sum(-1)
         out_lp.append(lp.cpu())
@@ -78,7 +96,21 @@ def score_answers(
     """Score each item's answer (or `answers` in its place) after its prompt (or `prompts` in its place).
 
     `context(batch)` may return a context manager (an intervention) active during that batch's forward pass.
+    Without one, the scores are kept for the model (palimpsest.capture.memo): every analyser scoring the same items
+    on it reuses them.
     """
+    if context is None:
+        key = ("score_answers", id(tokenizer), tuple(items), None if answers is None else tuple(answers),
+               None if prompts is None else tuple(prompts), batch_size)
+        return memoized(model, key, lambda: _score_answers(model, tokenizer, items, answers=answers, prompts=prompts,
+                                                           batch_size=batch_size, context=None))
+    return _score_answers(model, tokenizer, items, answers=answers, prompts=prompts, batch_size=batch_size,
+                          context=context)
+
+
+def _score_answers(model, tokenizer, items: Sequence[Item], *, answers: Sequence[str] | None,
+                   prompts: Sequence[str] | None, batch_size: int,
+                   context: Callable[[EncodedBatch], ContextManager] | None) -> AnswerScores:
     prompts = list(prompts) if prompts is not None else [it.prompt for it in items]
     answers = list(answers) if answers is not None else [it.answer for it in items]
     subjects = [it.subject for it in items] if items else None
@@ -90,8 +122,8 @@ def score_answers(
         batch = encode(tokenizer, prompts[start:stop], answers[start:stop], subjects[start:stop] if subjects else None)
         batch = batch.to(device)
         with torch.inference_mode(), (context(batch) if context else nullcontext()):
-            logits = model(**forward_kwargs(batch)).logits
-        lps, ranks, tops = answer_token_logprobs(logits, batch)
+            logits, offset = answer_logits(model, batch)
+        lps, ranks, tops = answer_token_logprobs(logits, batch, offset)
         broken = sum(bool(torch.isnan(lp).any()) for lp in lps)
         if broken:  # NaN (or +inf) logits: an accuracy of 0 here would read as "forgotten"
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
@@ -147,8 +179,8 @@ def _choice_logprobs(model, rows: Sequence[Item], prompts: Sequence[str], answer
                   for j, it in enumerate(rows)]
         batch = encode(tokenizer, list(prompts), choice, list(subjects) if subjects else None).to(device)
         with torch.inference_mode(), (context(batch) if context else nullcontext()):
-            logits = model(**forward_kwargs(batch)).logits
-        lps, _, _ = answer_token_logprobs(logits, batch)
+            logits, offset = answer_logits(model, batch)
+        lps, _, _ = answer_token_logprobs(logits, batch, offset)
         for j, lp in enumerate(lps):
             sums[j, k] = float(lp.sum())
     for j, it in enumerate(rows):

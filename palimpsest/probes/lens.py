@@ -11,6 +11,7 @@ from torch import Tensor
 
 from palimpsest.capture.families import logit_softcap
 from palimpsest.capture.sites import get_module, resolve
+from palimpsest.devices import module_device
 
 
 @dataclass
@@ -28,9 +29,9 @@ class Readout:
         return cls(norm=norm, unembed=model.get_output_embeddings(), softcap=logit_softcap(model))
 
     def logits(self, resid: Float[Tensor, "n d"]) -> Float[Tensor, "n vocab"]:
-        param = next(self.unembed.parameters())
+        param = next(self.unembed.parameters())  # its dtype (the device may be meta: offloaded, see `device`)
         with torch.inference_mode():
-            logits = self.unembed(self.norm(resid.to(param.device, param.dtype)))
+            logits = self.unembed(self.norm(resid.to(self.device(), param.dtype)))
             if self.softcap is not None:  # in HF's order and dtype, so the last layer reproduces its logits
                 logits = torch.tanh(logits / self.softcap) * self.softcap
             return logits.float().cpu()
@@ -41,7 +42,13 @@ class Readout:
         param = next(self.norm.parameters(), None)
         param = next(self.unembed.parameters()) if param is None else param  # a norm without a gain (OLMo)
         with torch.no_grad():
-            return self.norm(vectors.to(param.device, param.dtype)).float().cpu()
+            return self.norm(vectors.to(self.device(), param.dtype)).float().cpu()
+
+    def device(self) -> torch.device:
+        """Where the readout starts computing: the final norm's device (under a device_map its hook's execution device,
+        also for weights offloaded to disk), or the unembedding's for a norm with no tensors of its own (OLMo)."""
+        own = hasattr(self.norm, "_hf_hook") or any(True for _ in (*self.norm.parameters(), *self.norm.buffers()))
+        return module_device(self.norm if own else self.unembed)
 
 
 def answer_prob_rank(logits: Float[Tensor, "n vocab"], targets: Int[Tensor, " n"]

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from palimpsest.capture import AnswerTokenError, answer_ids, intervene, n_layers, score_answers
 from palimpsest.capture.sites import get_module, resolve
+from palimpsest.devices import read_tensor
 from palimpsest.probes.lens import Readout
 
 
@@ -23,7 +24,7 @@ def down_proj(model: torch.nn.Module, layer: int) -> torch.nn.Module:
 def value_vectors(model: torch.nn.Module, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """The rows of the MLP's output projection: what each hidden unit writes to the residual stream."""
     module = down_proj(model, layer)
-    weight = module.weight.detach().float().cpu()
+    weight = read_tensor(module).float().cpu()  # loaded from accelerate's offload when it is on the meta device
     d_model = int(model.config.hidden_size)
     # nn.Linear stores [d_model, d_mlp]; GPT-2's Conv1D stores [d_mlp, d_model]
     return weight.T if isinstance(module, torch.nn.Linear) else weight if weight.shape[1] == d_model else weight.T
@@ -45,7 +46,7 @@ def vocab_projection(model: torch.nn.Module, vectors: Float[Tensor, "k d_model"]
 
 def unembedding(model: torch.nn.Module) -> Float[Tensor, "vocab d_model"]:
     """The model's own unembedding matrix E (the output embedding's weight), float32 on the CPU."""
-    return model.get_output_embeddings().weight.detach().float().cpu()
+    return read_tensor(model.get_output_embeddings()).float().cpu()
 
 
 def unembed_projection(model: torch.nn.Module, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k vocab"]:

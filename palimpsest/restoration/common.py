@@ -61,9 +61,10 @@ def answer_positions(batch: EncodedBatch) -> Bool[Tensor, "batch pos"]:
 
 
 def random_like(vector: Float[Tensor, " d"], generator: torch.Generator) -> Float[Tensor, " d"]:
-    """A random direction with the norm of `vector` (the chance control of a steering attack)."""
-    direction = torch.randn(vector.shape, generator=generator, dtype=torch.float32)
-    return (direction / direction.norm().clamp(min=1e-12) * vector.float().norm()).to(vector.dtype)
+    """A random direction with the norm of `vector` (the chance control of a steering attack), on its device and in
+    its dtype. Drawn on the CPU from `generator` (a CPU generator), so a seed gives the same direction on any device."""
+    direction = torch.randn(vector.shape, generator=generator, dtype=torch.float32).to(vector.device)
+    return (direction / direction.norm().clamp(min=1e-12) * vector.detach().float().norm()).to(vector.dtype)
 
 
 def relative_shift(shift: Float[Tensor, " d"], reference: Float[Tensor, "n d"]) -> float:

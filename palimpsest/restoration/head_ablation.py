@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from palimpsest.capture import ablate_subspace
+from palimpsest.devices import read_tensor
 
 HEAD_SITE = "ln_final.hook_normalized"  # the final hidden state, as the output layer reads it
 # singular values below this share of the largest count as numerical noise, not part of the edit
@@ -21,21 +22,23 @@ def head_weight(model: torch.nn.Module) -> Float[Tensor, "vocab d"]:
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding layer")
-    return head.weight.detach().float()
+    return read_tensor(head).float()  # on the head's device; loaded from accelerate's offload when on meta
 
 
 def head_edit_basis(pre: torch.nn.Module, other: torch.nn.Module, max_rank: int) -> Float[Tensor, "k d"] | None:
     """The top right singular vectors of (other head - pre head), up to `max_rank` and its numerical rank;
-    None when the heads are equal or differ in shape."""
+    None when the heads are equal or differ in shape. Computed on the pre head's device (the other head is moved
+    there: the two models may sit on different devices); the basis comes back on the CPU."""
     before, after = head_weight(pre), head_weight(other)
     if before.shape != after.shape:
         return None
+    after = after.to(before.device)
     diff = after - before
     if float(diff.norm()) <= RANK_TOLERANCE * float(before.norm()):
         return None
     _, singular, vh = torch.linalg.svd(diff, full_matrices=False)
     rank = int((singular > RANK_TOLERANCE * singular[0]).sum())
-    return vh[:min(rank, max_rank)].contiguous()
+    return vh[:min(rank, max_rank)].cpu().contiguous()
 
 
 def random_basis(k: int, d: int, generator: torch.Generator) -> Float[Tensor, "k d"]:

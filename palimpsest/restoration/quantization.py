@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from palimpsest.devices import copy_sharing_weights, is_offloaded, materialise
 from palimpsest.models import LoadedModel
 from palimpsest.restoration.common import (
     RateMeasurement,
@@ -25,15 +26,21 @@ MIN_KEPT_ACCURACY = 0.5
 
 
 def quantized(loaded, bits: int) -> LoadedModel:
-    """A deep copy of `loaded` with every linear layer's weights quantized to `bits` (8 or 4) by optimum-quanto."""
+    """A deep copy of `loaded` with every linear layer's weights quantized to `bits` (8 or 4) by optimum-quanto.
+
+    A model offloaded to disk by accelerate is quantized layer by layer (`_quantized_offloaded`): the copy holds
+    the quantized weights in memory, never the whole model in full precision."""
     from optimum.quanto import freeze, qint4, qint8, quantize
 
     weights = {8: qint8, 4: qint4}.get(int(bits))
     if weights is None:
         raise ValueError(f"quantization to {bits} bits is not supported: use 8 or 4")
-    model = copy.deepcopy(loaded.model)
-    quantize(model, weights=weights)
-    freeze(model)
+    if is_offloaded(loaded.model):
+        model = _quantized_offloaded(loaded.model, weights)
+    else:
+        model = copy.deepcopy(loaded.model)
+        quantize(model, weights=weights)
+        freeze(model)
     model.eval()
     forward = model.forward
 
@@ -44,6 +51,32 @@ def quantized(loaded, bits: int) -> LoadedModel:
 
     model.forward = no_grad_forward
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, source=loaded.source, name=f"{loaded.name}@int{bits}")
+
+
+def _quantized_offloaded(model: torch.nn.Module, weights) -> torch.nn.Module:
+    """A copy of an accelerate-offloaded `model`, quantized one module at a time: each module's offloaded weights
+    are loaded into the copy (accelerate's align_module_device, `palimpsest.devices.materialise`) and its linear
+    layers quantized and frozen at once, so at most one module is held in full precision beside the quantized
+    ones. Weights already in memory are shared until quanto replaces them by their quantized copies; what quanto
+    does not quantize (embeddings, norms) is copied into memory in full precision. The quantized copy sits on each
+    module's execution device and loads nothing from disk."""
+    from optimum.quanto import freeze, quantize
+
+    copied = copy_sharing_weights(model)
+    for name, module in list(copied.named_modules()):
+        materialise(module, model.get_submodule(name))
+        if name and not any(True for _ in module.children()):  # a leaf (Linear, ...): quanto swaps it when it can
+            quantize(copied, weights=weights, include=glob_escape(name))
+            freeze(copied.get_submodule(name))
+    if is_offloaded(copied):
+        left = next(n for n, p in copied.named_parameters() if p.device.type == "meta")
+        raise ValueError(f"quantizing the offloaded model left {left} on the meta device")
+    return copied
+
+
+def glob_escape(name: str) -> str:
+    """`name` as an fnmatch pattern matching only itself (quanto's include patterns are shell-style)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 class QuantizationConfig(AnalyserConfig):
@@ -64,7 +97,7 @@ class Quantization(Analyser):
         "or, without one, the quantized post model on never-trained holdout items) and the pre model's accuracy."
     )
     Config = QuantizationConfig
-    needs = frozenset({"weights"})  # quantizes a copy of each model
+    needs = frozenset({"weights"})  # quantizes a copy of each model (an offloaded one layer by layer)
 
     def measure(self, ctx) -> Result:
         bits_list = [int(b) for b in ctx.opts.bits]

@@ -13,9 +13,10 @@ from torch import Tensor
 
 from palimpsest.capture import encode, n_layers, resolve
 from palimpsest.capture.backends import forward_kwargs
+from palimpsest.capture.memo import forget as forget_kept
 from palimpsest.capture.sites import get_module
 from palimpsest.concepts import Item
-from palimpsest.devices import input_device, is_offloaded
+from palimpsest.devices import input_device, is_offloaded, materialise, offload_state
 from palimpsest.models import LoadedModel
 from palimpsest.restoration.common import (
     RateMeasurement,
@@ -115,14 +116,21 @@ def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size:
     for all of it); "auto" is "full" up to `full_finetune_max_params` parameters, "last_blocks" above. The trained
     tensors of a float16/bfloat16 model are fine-tuned (and kept) in float32.
 
+    A model offloaded to disk by accelerate (device_map) fine-tunes its last blocks ("auto" picks "last_blocks"
+    whatever the size; "full" is refused): the copy holds their weights in memory, loaded through accelerate and
+    trained there, while every other block stays offloaded and is loaded per forward pass as in the original.
+
     The original model is untouched. Returns the copy (eval mode; `meta["relearn"]`: the scope, the trained tensors
     and the loss of every step) and the accuracy on `eval_items` after every `eval_every` steps (step 0 included)
     when asked.
     """
-    if is_offloaded(loaded.model):
-        raise ValueError(f"{loaded.name}: some weights are offloaded to disk (device_map): relearning fine-tunes "
-                         "weights, so load the model without disk offload (enough GPU or CPU memory) to run it")
     scope = finetune_scope(loaded.model, finetune, full_finetune_max_params)
+    if is_offloaded(loaded.model):
+        if finetune == "full":
+            raise ValueError(f"{loaded.name}: some weights are offloaded to disk (device_map): full fine-tuning needs "
+                             "every weight in memory; use finetune='last_blocks' (or 'auto'), or load the model "
+                             "without disk offload")
+        scope = "last_blocks"
     # a half-precision model's trained tensors are fine-tuned in float32: bfloat16 holds ~3 significant digits, so
     # AdamW steps of lr 3e-5 on weights of size ~0.05 would round away and nothing would be relearned
     half = any(p.dtype in HALF for p in loaded.model.parameters())
@@ -141,12 +149,21 @@ def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size:
         chosen = [(name, p) for name, p in last_block_parameters(loaded.model, trainable_blocks)
                   if p.is_floating_point()]
         skip = {id(p) for _, p in chosen}
-        shared = [p for p in loaded.model.parameters() if id(p) not in skip]
+        shared = [p for p in loaded.model.parameters() if id(p) not in skip and p.device.type != "meta"]
         # deepcopy with the frozen tensors in its memo: the copy's modules hold the very same tensors (no memory);
-        # the memo then maps each trained tensor to its copy
+        # the memo then maps each trained tensor to its copy. Offloaded tensors (meta, no memory) are the copy's
+        # own, frozen; the weights accelerate loads them from stay shared (offload_state)
         memo = {id(p): p for p in shared}
+        memo.update(offload_state(loaded.model))
         model = copy.deepcopy(loaded.model, memo)
-        params = [memo[id(p)] for _, p in chosen]
+        for path in last_block_paths(model, trainable_blocks):  # offloaded trained tensors: loaded into the copy
+            source = get_module(loaded.model, path)
+            for name, module in get_module(model, path).named_modules():
+                materialise(module, source.get_submodule(name))
+        for p in model.parameters():
+            if p.device.type == "meta":
+                p.requires_grad_(False)  # what its hooks load per forward pass is then frozen too
+        params = [model.get_parameter(name) for name, _ in chosen]
         trained = [name for name, _ in chosen]
         if half:
             _float32_modules(model, last_block_paths(model, trainable_blocks))
@@ -159,7 +176,10 @@ def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # the fused kernel: one pass over each tensor instead of several (4x faster per step on the CPU; the same update
+    # up to float rounding); devices without it take the default
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
     curve: list[tuple[int, float]] = []
     losses: list[float] = []
 
@@ -181,6 +201,7 @@ def relearn(loaded, items: Sequence[Item], *, steps: int, lr: float, batch_size:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                forget_kept(model)  # the fused step writes the weights without moving their version counters
                 losses.append(float(loss.detach()))
                 record(step)
     finally:
@@ -237,6 +258,10 @@ class Relearning(Analyser):
     Config = RelearningConfig
     modalities = frozenset({"text", "image"})
     needs = frozenset({"gradients"})
+
+    def offload_blocker(self, ctx) -> str | None:  # "auto" and "last_blocks" fine-tune the last blocks in memory
+        return ("finetune='full' fine-tunes every weight, so it needs them all in memory (finetune='last_blocks' "
+                "runs offloaded)") if ctx.opts.finetune == "full" else None
 
     def measure(self, ctx) -> Result:
         opts: RelearningConfig = ctx.opts

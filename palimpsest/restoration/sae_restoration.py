@@ -44,14 +44,18 @@ def feature_change(sae, h: Float[Tensor, "batch pos d"], features: Sequence[int]
     inject (h_pre given): z_r[e] = z_u[e] + alpha (z_o[e] - z_u[e]) -> change = alpha (z_o - z_u)[e] @ W_dec[e];
     add (z_expert given): change = alpha z_expert @ W_dec[e]. Adding the change (rather than writing back the
     decoded z_r) keeps the SAE's reconstruction error in the stream.
+
+    Devices: the SAE computes on its own device (the streams go there to be encoded); the change is returned on
+    the device and in the dtype of `h` (the hooked activation: with a device_map, the device of that site).
     """
-    idx = torch.as_tensor(list(features), dtype=torch.long, device=h.device)
-    w_dec = sae.W_dec[idx].to(h.dtype)  # [k, d]
+    sae_device, sae_dtype = sae.W_dec.device, sae.W_dec.dtype
+    idx = torch.as_tensor(list(features), dtype=torch.long, device=sae_device)
+    w_dec = sae.W_dec[idx].to(h.device, h.dtype)  # [k, d]
     if h_pre is not None:
         flat = h.reshape(-1, h.shape[-1])
-        z_u = sae.encode(flat.to(sae.W_dec.dtype))[:, idx]
-        z_o = sae.encode(h_pre.reshape(-1, h.shape[-1]).to(sae.W_dec.dtype))[:, idx]
-        delta = (z_o - z_u).to(h.dtype).reshape(*h.shape[:-1], len(idx))
+        z_u = sae.encode(flat.to(sae_device, sae_dtype))[:, idx]
+        z_o = sae.encode(h_pre.reshape(-1, h.shape[-1]).to(sae_device, sae_dtype))[:, idx]
+        delta = (z_o - z_u).to(h.device, h.dtype).reshape(*h.shape[:-1], len(idx))
     else:
         delta = z_expert.to(h.device, h.dtype).expand(*h.shape[:-1], len(idx))
     return alphas.to(h.device, h.dtype)[:, None, None] * (delta @ w_dec)
@@ -63,9 +67,14 @@ def restoring_context(target, sae, site: str, features: Sequence[int], mode: str
     same batch first."""
     def context(batch: EncodedBatch, alphas: Tensor) -> ContextManager:
         h_pre = None
-        if mode == "inject":
-            _, cached = run_and_capture(source.model, source.tokenizer, batch, [site], "torch")
-            h_pre = cached[site]
+        if mode == "inject":  # a sweep repeats each item once per alpha: the source reads each distinct row once
+            distinct, where = torch.unique(torch.cat([batch.input_ids, batch.attention_mask], dim=1), dim=0,
+                                           return_inverse=True)
+            first = torch.zeros(len(distinct), dtype=torch.long, device=where.device).scatter_(
+                0, where, torch.arange(len(where), device=where.device))
+            rows = EncodedBatch(*(getattr(batch, f)[first] for f in batch.__dataclass_fields__))
+            _, cached = run_and_capture(source.model, source.tokenizer, rows, [site], "torch", all_logits=False)
+            h_pre = cached[site][where.to(cached[site].device)]
 
         def edit(h: Tensor) -> Tensor:
             return h + feature_change(sae, h, features, alphas, h_pre=h_pre, z_expert=z_expert)
@@ -92,19 +101,36 @@ def best_restored(grids: dict[str, np.ndarray], train: list[int]) -> Bool[np.nda
     return grids[mode][a_idx]
 
 
+def restored_at_best(loaded, items, train: list[int], *, alphas, sae, site, features, modes, pre, z_expert,
+                     rows) -> Bool[np.ndarray, " items"]:
+    """`best_restored(alpha_grid(loaded, items, ...), train)` at a fraction of the forward passes: the grid is
+    scored on the fitting items only (all that the selection reads), the other items at the chosen setting alone."""
+    fitting = [items[i] for i in train]
+    grids = alpha_grid(loaded, fitting, alphas, sae, site, features, modes, pre, z_expert, rows)
+    mode, a_idx = select(grids, list(range(len(fitting))))
+    out = np.zeros(len(items), dtype=bool)
+    out[train] = grids[mode][a_idx]
+    others = sorted(set(range(len(items))) - set(train))
+    if others:
+        context = restoring_context(loaded, sae, site, features, mode, source=pre, z_expert=z_expert)
+        out[others] = sweep_rows(loaded, [items[i] for i in others], [alphas[a_idx]], context, batch_size=rows)[0]
+    return out
+
+
 def site_shift(acts, site: str, h_pre: Float[Tensor, "n d"]) -> float:
     """|mean (post - pre) stream at `site`| / |h_pre| on the forget prompts."""
     return relative_shift((acts.get("post", site, "forget", "last") - h_pre).mean(0), h_pre)
 
 
-def floor_restoration(floor, restored_grids: Callable[..., dict[str, np.ndarray]], items: list, train: list[int],
+def floor_restoration(floor, restored_best: Callable[..., np.ndarray], items: list, train: list[int],
                       held: list[int], random_hits: Float[np.ndarray, " held"], post_ok: Bool[np.ndarray, " held"],
                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out floor values, the floor's unattacked correctness): the same restoration of the floor model, or
-    without one the random-feature control on the post model."""
+    """(held-out floor values, the floor's unattacked correctness): the same restoration of the floor model
+    (`restored_best(floor, items, train)`: selected on the fitting items), or without one the random-feature
+    control on the post model."""
     if floor is None:
         return random_hits, post_ok
-    values = best_restored(restored_grids(floor, items), train)[held]
+    values = restored_best(floor, items, train)[held]
     return values, correct(floor, [items[i] for i in held], batch_size=batch_size)
 
 
@@ -206,7 +232,9 @@ class SAERestoration(Analyser):
         post_att = grids[mode][a_idx]
         random_att = random_restoration(post, items, alphas, sae, site, feats.indices, modes, pre, h_pre, train, rows,
                                         opts.n_random_draws, config.seed)
-        floor_values, floor_base = floor_restoration(floor, restored_grids, items, train, held, random_att[held],
+        restored_best = partial(restored_at_best, alphas=alphas, sae=sae, site=site, features=feats.indices,
+                                modes=modes, pre=pre, z_expert=z_expert, rows=rows)
+        floor_values, floor_base = floor_restoration(floor, restored_best, items, train, held, random_att[held],
                                                      post_plain[held], config.batch_size)
         retain_curve = ({m: g.mean(-1) for m, g in restored_grids(post, list(concept.retain)).items()}
                         if concept.retain else {})
@@ -261,8 +289,8 @@ def random_restoration(post, items, alphas, sae, site: str, features: Sequence[i
     hits = []
     for draw in frequency_matched(freq, list(features), n_draws, seed):
         z_rand = codes[:, draw].mean(0).cpu().clamp(min=0)
-        grids = alpha_grid(post, items, alphas, sae, site, draw, modes, pre, z_rand, rows)
-        hits.append(best_restored(grids, train))
+        hits.append(restored_at_best(post, items, train, alphas=alphas, sae=sae, site=site, features=draw,
+                                     modes=modes, pre=pre, z_expert=z_rand, rows=rows))
     return np.mean(hits, axis=0)
 
 

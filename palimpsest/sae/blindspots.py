@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from palimpsest.audit.finalize import Measurement
+from palimpsest.devices import input_device
 from palimpsest.sae.data import site_inputs
 from palimpsest.sae.features import selectivity_scores
 from palimpsest.types import Analyser, AnalyserConfig, Result, inconclusive, register
@@ -50,36 +51,40 @@ def overcomplete_sae():
 
 
 def train_ra_sae(acts: Float[Tensor, "n d"], *, nb_concepts: int, top_k: int, n_points: int = 1024,
-                 epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, delta: float = 1.0, seed: int = 0):
-    """A Relaxed Archetypal TopK SAE (overcomplete) whose atoms are near convex combinations of `n_points` rows."""
+                 epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, delta: float = 1.0, seed: int = 0,
+                 device: str | torch.device | None = None):
+    """A Relaxed Archetypal TopK SAE (overcomplete) whose atoms are near convex combinations of `n_points` rows,
+    built and trained on `device` (None: that of `acts`); the batches are moved there as they are drawn."""
     oc = overcomplete_sae()
+    device = torch.device(device) if device is not None else acts.device
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    points = acts[torch.randperm(acts.shape[0], generator=gen)[:n_points]]
-    model = oc.RATopKSAE(int(acts.shape[1]), nb_concepts=nb_concepts, points=points, top_k=top_k, delta=delta)
+    points = acts[torch.randperm(acts.shape[0], generator=gen)[:n_points]].to(device)
+    model = oc.RATopKSAE(int(acts.shape[1]), nb_concepts=nb_concepts, points=points, top_k=top_k, delta=delta,
+                         device=str(device))
     loader = torch.utils.data.DataLoader(acts, batch_size=batch_size, shuffle=True, generator=gen)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def criterion(x, x_hat, pre_codes, codes, dictionary):
         return (x - x_hat).pow(2).mean()
 
-    oc.train_sae(model, loader, criterion, optimizer, nb_epochs=epochs, monitoring=0, device="cpu")
+    oc.train_sae(model, loader, criterion, optimizer, nb_epochs=epochs, monitoring=0, device=str(device))
     model.eval()
     return model
 
 
+def ra_codes(ra_sae, acts: Float[Tensor, "n d"]) -> Float[Tensor, "n c"]:
+    """The RA-SAE's codes of `acts`, computed on the RA-SAE's device, returned float32 on the CPU."""
+    param = next(ra_sae.parameters())
+    with torch.no_grad():
+        return ra_sae(acts.to(param.device, param.dtype))[1].float().cpu()
+
+
 @torch.no_grad()
 def text_codes(ra_sae, model, site: str, texts: Sequence[str]) -> list[Float[Tensor, "pos c"]]:
-    """Per text, the RA-SAE codes of each token, read by `model` (a LoadedModel) at `site`."""
+    """Per text, the RA-SAE codes of each token (on the CPU), read by `model` (a LoadedModel) at `site`."""
     rows = site_inputs(model.model, model.tokenizer, list(texts), site)
-    out = []
-    for _, acts in rows:
-        if acts.shape[0] == 0:
-            out.append(torch.zeros(0, ra_sae.nb_concepts))
-            continue
-        _, codes, _ = ra_sae(acts)
-        out.append(codes.float())
-    return out
+    return [ra_codes(ra_sae, acts) if acts.shape[0] else torch.zeros(0, ra_sae.nb_concepts) for _, acts in rows]
 
 
 def energies(codes: list[Tensor]) -> Float[np.ndarray, "n c"]:
@@ -194,10 +199,10 @@ def _fit_reference(pre, site: str, reference: Sequence[str], ra_options: dict) -
     ref_acts = torch.cat([a for _, a in ref_rows])
     options = dict(ra_options)
     options["nb_concepts"] = int(options["nb_concepts"] or 4 * int(ref_acts.shape[1]))
-    ra = train_ra_sae(ref_acts, **options)
+    ra = train_ra_sae(ref_acts, device=input_device(pre.model), **options)  # on the model's device (a GPU if any)
+    ref_codes = [ra_codes(ra, a) if a.shape[0] else torch.zeros(0, ra.nb_concepts) for _, a in ref_rows]
     with torch.no_grad():
-        ref_codes = [ra(a)[1].float() if a.shape[0] else torch.zeros(0, ra.nb_concepts) for _, a in ref_rows]
-        recon = ra(ref_acts)[2]
+        recon = ra(ref_acts.to(next(ra.parameters()).device))[2].float().cpu()
     r2 = float(1 - (ref_acts - recon).pow(2).sum() / (ref_acts - ref_acts.mean(0)).pow(2).sum())
     return ArchetypalFit(ra, {"r2": r2, "nb_concepts": int(ra.nb_concepts), "n_texts": len(reference)},
                          ref_rows, ref_codes)

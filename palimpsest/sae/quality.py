@@ -47,6 +47,12 @@ def next_token_loss(model, tokenizer, texts: Sequence[str], *, edit=None, site: 
     return total / max(count, 1)
 
 
+def splice(sae, h: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+    """The SAE's reconstruction of `h`: encoded and decoded on the SAE's device, returned on the device and in the
+    dtype of `h` (the hooked activation: with a device_map, the device of that site)."""
+    return sae.decode(sae.encode(h.to(sae.W_dec.device, sae.W_dec.dtype))).to(h.device, h.dtype)
+
+
 def sae_quality(sae, acts: Float[Tensor, "n d"], model, site: str, texts: Sequence[str], *, trainer=None,
                 max_texts: int = 128) -> dict:
     """Quality of an (inference) SAE at `site` of `model` (a LoadedModel), reported next to the SAE.
@@ -59,7 +65,7 @@ def sae_quality(sae, acts: Float[Tensor, "n d"], model, site: str, texts: Sequen
     texts = list(texts)[:max_texts]
     clean = next_token_loss(model.model, model.tokenizer, texts)
     spliced = next_token_loss(model.model, model.tokenizer, texts, site=site,
-                              edit=lambda h: sae.decode(sae.encode(h.to(sae.W_dec.dtype))).to(h.dtype))
+                              edit=lambda h: splice(sae, h))
     ablated = next_token_loss(model.model, model.tokenizer, texts, site=site, edit=replace_with(acts.mean(0)))
     gap = ablated - clean
     out.update({"ce_loss_clean": clean, "ce_loss_spliced": spliced, "ce_loss_mean_ablated": ablated,

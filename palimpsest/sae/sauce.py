@@ -28,18 +28,19 @@ def _feature_list(features) -> list[int]:
 def clamp_edit(sae, features: Sequence[int], clamp_value: float):
     """h -> h + decode(f') - decode(f), with f = encode(h) and f' = f where each concept feature that fires is set
     to clamp_value x its activation: only the concept features' contribution changes; the SAE's reconstruction
-    error stays in the stream."""
+    error stays in the stream. The SAE computes on its own device; the edited stream is on the device and in the
+    dtype of `h` (the hooked activation)."""
     idx = torch.tensor(list(features), dtype=torch.long)
 
     @torch.no_grad()
     def edit(h: Tensor) -> Tensor:
-        x = h.to(sae.W_dec.dtype)
+        x = h.to(sae.W_dec.device, sae.W_dec.dtype)
         f = sae.encode(x)
         chosen = f[..., idx.to(f.device)]
         delta_f = torch.zeros_like(f)
         delta_f[..., idx.to(f.device)] = torch.where(chosen > 0, (clamp_value - 1.0) * chosen, torch.zeros_like(chosen))
         delta = sae.decode(f + delta_f) - sae.decode(f)
-        return h + delta.to(h.dtype)
+        return h + delta.to(h.device, h.dtype)
     return edit
 
 

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file
 from torch import Tensor
 
+from palimpsest.devices import is_offloaded, read_parameter
 from palimpsest.io import atomic_dir, atomic_write_text
 from palimpsest.sae.config import ARCHITECTURES, SAEConfig
 from palimpsest.sae.data import tensor_batches, training_activations
@@ -43,9 +44,12 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def model_hash(model: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names, shapes, dtypes, bytes): same weights, same hash."""
+    """A digest of every parameter and buffer (names, shapes, dtypes, bytes): same weights, same hash (weights
+    accelerate offloaded to disk are read through it one tensor at a time, so an offloaded model hashes as in memory)."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
+        if tensor.device.type == "meta":
+            tensor = read_parameter(model, name)
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -266,7 +270,8 @@ def _train_portably(model, site: str, corpus: Sequence[str], config: SAEConfig, 
     from palimpsest.kernels import in_portable_process, portable_enabled, run_portable
 
     source = Path(str(model.source))
-    if (not portable_enabled() or in_portable_process() or str(model.device) != "cpu"
+    # not for an offloaded model: the portable process would load all of its weights into memory
+    if (not portable_enabled() or in_portable_process() or str(model.device) != "cpu" or is_offloaded(model.model)
             or not (source / "model.safetensors").is_file()):
         return False
     return run_portable(_train_from_folder, str(source), site, list(corpus), config,

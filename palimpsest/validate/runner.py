@@ -82,6 +82,10 @@ def audit_case(world: int, forget_set: int, control: str, cache: str, config_jso
 
     if threads:
         torch.set_num_threads(threads)
+    if threads is not None:  # a worker process: its pre and floor stay loaded, so their results are kept too
+        from palimpsest.capture import memo
+
+        memo.hold_for_process()
     case = Case(world, forget_set, control)
     setup = _setup(world, forget_set, cache)
     key = (str(setup.pre_dir), str(setup.floor_dir))
@@ -174,10 +178,13 @@ def run_validation(out_dir: str | Path, *, worlds: int | list[int] = 4, forget_s
     todo = [case for case in cases if case.case_id not in results]
     args = (str(cache), config.model_dump_json(), str(out_dir))
     if todo and workers == 1:
-        for case in todo:
-            audit_case(case.world, case.forget_set, case.control, *args)
-            results[case.case_id] = _finished(out_dir, case)
-            step(f"{case.case_id}: {results[case.case_id].verdict}", 1)
+        from palimpsest.capture import memo
+
+        with memo.session():  # the cases of one world share its pre and floor models' results (capture.memo)
+            for case in todo:
+                audit_case(case.world, case.forget_set, case.control, *args)
+                results[case.case_id] = _finished(out_dir, case)
+                step(f"{case.case_id}: {results[case.case_id].verdict}", 1)
     elif todo:
         step(f"auditing {len(todo)} cases in {workers} processes", 0)
         pool, futures = submit_all(audit_case, [(c.world, c.forget_set, c.control, *args, 1) for c in todo], workers)
