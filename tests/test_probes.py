@@ -447,3 +447,21 @@ def test_probes_switch_to_a_truth_probe_when_forget_answers_never_recur(world):
     strict = AuditConfig(n_bootstrap=50, options={"probes": {"mode": "truth", "min_train_items": 1000}})
     result = _run("probes", _world_pair(world), _world_concept(), strict)
     assert result.status == "inconclusive" and "to make it conclusive" in result.evidence
+
+
+@pytest.mark.parametrize("rows", [1, 7, 10_000])  # one layer per product, a few, every layer at once
+def test_lens_reads_every_layer_in_shared_products_as_one_by_one(tiny, rows, monkeypatch):
+    from palimpsest.probes import lens_analyser
+    from palimpsest.probes.lens import answer_prob_rank
+
+    monkeypatch.setattr(lens_analyser, "LENS_ROWS", rows)
+    readout = Readout.of(tiny.model)
+    gen = torch.Generator().manual_seed(0)
+    streams = [torch.randn(5, tiny.model.config.hidden_size, generator=gen) for _ in range(3)]
+    targets = torch.tensor([5, 6, 7, 8, 9])
+    probs, ranks = lens_analyser._read_layers(readout, streams, targets)
+    for layer, h in enumerate(streams):
+        p, r = answer_prob_rank(readout.logits(h), targets)
+        np.testing.assert_allclose(probs[layer], p, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(ranks[layer], r)
+    assert len(set(ranks.ravel().tolist())) > 1  # not all ranks equal: the check reads real differences

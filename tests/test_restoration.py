@@ -98,6 +98,39 @@ def test_quantized_copy_rounds_weights_and_leaves_the_original(tiny):
         quantized(tiny, 3)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_dequantized_linears_compute_what_quanto_computes(organism_pair_ga, organism_concept, bits):
+    """The quantized copy holds plain linears with quanto's dequantized weights: the logits of quanto's own
+    weight-only modules, exactly (measured max |diff| 0 at both widths on the organism)."""
+    import copy
+
+    from optimum.quanto import freeze, qint4, qint8, quantize
+
+    from palimpsest.capture import encode
+    from palimpsest.restoration.quantization import dequantized_linears
+
+    post = organism_pair_ga.post
+
+    def quanto_copy():
+        model = copy.deepcopy(post.model)
+        quantize(model, weights={8: qint8, 4: qint4}[bits])
+        freeze(model)
+        return model
+
+    reference, plain = quanto_copy(), quanto_copy()
+    assert dequantized_linears(plain) == sum(isinstance(m, torch.nn.Linear) for m in post.model.modules())
+    assert not any(type(m).__name__ == "QLinear" for m in plain.modules())
+    items = list(organism_concept.forget)[:4] + list(organism_concept.retain)[:4]
+    batch = encode(post.tokenizer, [it.prompt for it in items], [it.answer for it in items])
+    with torch.no_grad():
+        expected = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        got = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (got - expected).abs().max() <= 1e-5
+    with torch.no_grad():
+        plain_logits = post.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (got - plain_logits).abs().max() > 1e-4  # the weights really are rounded
+
+
 def test_head_edit_basis_spans_a_low_rank_output_layer_edit(tiny):
     import copy
 
@@ -315,3 +348,26 @@ def test_one_rate_finalize_for_the_family():
     blocked = calibrated_result(analyser, RateMeasurement(**{**measured.__dict__, "blocked": "tests nothing"}), ctx)
     assert blocked.status == "inconclusive" and blocked.residue is None and blocked.notes[0] == "tests nothing"
     assert blocked.post == result.post and blocked.summary == {"k": 1}
+
+
+def test_ablation_candidates_side_by_side_score_as_one_by_one(organism_pair_ga, organism_concept):
+    """direction_ablation scores its candidates on copies of the fitting items in shared forward passes: every
+    candidate's exact matches equal scoring it alone (single-layer, every-layer and two-edits-per-site cases; an
+    uneven last group)."""
+    from palimpsest.capture import ablate_direction, capture, resid_post_sites
+    from palimpsest.restoration.common import correct, edited
+    from palimpsest.restoration.direction_ablation import candidates_correct
+
+    post, items = organism_pair_ga.pre, list(organism_concept.forget)[:6]  # the pre model: it knows the answers
+    sites = resid_post_sites(post.model)
+    # each layer's mean state on these prompts: projecting it out changes some answers (the check has teeth)
+    states = capture(post.model, post.tokenizer, [it.prompt for it in items], sites, position="last")
+    directions = [states[site].float().mean(0) for site in sites]
+    candidates = {("mean", str(i)): [(site, ablate_direction(d))] for i, (site, d) in enumerate(zip(sites, directions))}
+    candidates[("mean", "all")] = [(site, ablate_direction(d)) for site, d in zip(sites, directions)]
+    candidates[("twice", "0")] = [(sites[0], ablate_direction(directions[0])), (sites[0], ablate_direction(directions[1]))]
+    got = candidates_correct(post, items, candidates, rows=len(items) * 3)
+    for label, edits in candidates.items():
+        alone = correct(post, items, batch_size=len(items), context=edited(post.model, lambda b, e=edits: e))
+        np.testing.assert_array_equal(got[label], alone, err_msg=str(label))
+    assert len({tuple(v) for v in got.values()}) > 1  # the candidates differ: not all the same answers

@@ -29,6 +29,13 @@ from torch import Tensor
 
 from palimpsest.capture import encode, intervene, replace_with, resid_post_sites, run_and_capture
 from palimpsest.capture.memo import memoized, model_stamp
+from palimpsest.capture.prefix import (
+    SplitBatch,
+    cache_argument,
+    prefix_key_values,
+    run_logits,
+    split_at_answer,
+)
 from palimpsest.capture.scoring import answer_logits, answer_token_logprobs
 from palimpsest.capture.tokens import EncodedBatch
 from palimpsest.devices import input_device
@@ -111,25 +118,49 @@ def patching_drops(
 PATCH_TOKENS = 1024  # tokens per forward pass of the layer sweep: several layers' patched copies of a batch at once
 
 
+def _tile(batch: EncodedBatch, copies: int) -> EncodedBatch:
+    return EncodedBatch(*(getattr(batch, f).repeat(copies, *([1] * (getattr(batch, f).ndim - 1)))
+                          for f in batch.__dataclass_fields__))
+
+
 def _patched_per_layer(model, batch: EncodedBatch, patches: list[tuple[str, Tensor, Tensor]],
                        tokens: int | None = None) -> Float[Tensor, "batch layers"]:
     """Per row and patch (site, values [batch, pos, d], positions [batch, pos]): the mean answer log-prob with that
     one patch applied. The batch is repeated once per patch of a group and each patch edits only its own copy, so
-    one forward pass scores several layers (the same numbers as one pass per layer, at a larger batch)."""
+    one forward pass scores several layers (the same numbers as one pass per layer, at a larger batch). Patches at
+    answer-predicting positions only (span "answer") leave each prompt before its last token unchanged: it is run
+    once into the key/value cache and the copies run the rest (palimpsest.capture.prefix)."""
     n = len(batch)
-    group = max(1, (tokens or PATCH_TOKENS) // max(1, batch.input_ids.numel()))
+    answer = batch.answer_mask().bool() if bool((batch.answer_start >= 1).all()) else None
+    split = None
+    if answer is not None and cache_argument(model) is not None and not any(
+            bool((positions.bool() & ~answer.to(positions.device)).any()) for _, _, positions in patches):
+        split = split_at_answer(batch)
+    if split is not None:
+        key_values = prefix_key_values(model, split.prefix)
+        patches = [(site, split.to_run(values), split.to_run(positions, fill=False))
+                   for site, values, positions in patches]
+        width = split.run.input_ids.numel()
+    else:
+        width = batch.input_ids.numel()
+    group = max(1, (tokens or PATCH_TOKENS) // max(1, width))
     out = []
     for start in range(0, len(patches), group):
         chunk = patches[start:start + group]
-        tiled = EncodedBatch(*(getattr(batch, f).repeat(len(chunk), *([1] * (getattr(batch, f).ndim - 1)))
-                               for f in batch.__dataclass_fields__))
         edits = {}
         for copy_index, (site, values, positions) in enumerate(chunk):
             own = torch.zeros(len(chunk) * n, *positions.shape[1:], dtype=torch.bool, device=positions.device)
             own[copy_index * n:(copy_index + 1) * n] = positions.bool()
             edits[site] = replace_with(values.repeat(len(chunk), *([1] * (values.ndim - 1))), own)
         with torch.inference_mode(), intervene(model, edits):
-            out.append(_answer_logprob(model, tiled).reshape(len(chunk), n).T)
+            if split is None:
+                logprob = _answer_logprob(model, _tile(batch, len(chunk)))
+            else:
+                tiled = SplitBatch(prefix=split.prefix, rows=split.rows.repeat(len(chunk)),
+                                   run=_tile(split.run, len(chunk)), score=_tile(split.score, len(chunk)),
+                                   start=split.start.repeat(len(chunk)))
+                logprob = _mean_answer_logprob(run_logits(model, tiled, key_values), tiled.score)
+        out.append(logprob.reshape(len(chunk), n).T)
     return torch.cat(out, dim=1)
 
 

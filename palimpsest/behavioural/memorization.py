@@ -12,7 +12,13 @@ from pydantic import Field
 from scipy.stats import ks_2samp
 
 from palimpsest.audit.finalize import Measurement
-from palimpsest.behavioural.utility import EPSILON, model_utility, truth_ratio_true_better, utility_components
+from palimpsest.behavioural.utility import (
+    EPSILON,
+    greedy_answers,
+    model_utility,
+    truth_ratio_true_better,
+    utility_components,
+)
 from palimpsest.capture import score_answers
 from palimpsest.capture.scoring import AnswerScores
 from palimpsest.stats import bootstrap_mean_ci
@@ -28,6 +34,9 @@ class MemorizationConfig(AnalyserConfig):
     # greedy answer length for model utility's ROUGE-L (open-unlearning's generation_args.max_new_tokens)
     max_new_tokens: int = Field(200, ge=1)
     utility: bool = True  # compute model utility (it generates an answer per retain-side item and model)
+    # prompts per greedy generation batch (the retain and neighbour sets share batches): a decoding step costs
+    # about the same at 8 rows as at 32 on a CPU, and a row's greedy answer does not depend on the others
+    generation_batch_size: int = Field(32, ge=1)
 
 
 def exact_memorization(top1: Bool[np.ndarray, " answer"]) -> float:
@@ -228,19 +237,25 @@ class Memorization(Analyser):
         neighbour (normalised probability, ROUGE-L, truth ratio) scores."""
         out: dict = {}
         rows = []
+        sets = [(name, normalise, list(ctx.concept.items(name))) for name, normalise in (("retain", False),
+                                                                                      ("neighbours", True))]
+        sets = [entry for entry in sets if entry[2]]
+        every = [it for _, _, items in sets for it in items]
         for model_name, loaded in ctx.pair.models().items():
             components: dict[str, float] = {}
-            for item_set, normalise in (("retain", False), ("neighbours", True)):
-                items = list(ctx.concept.items(item_set))
-                if not items:
-                    continue
+            # one generation call for every retain-side prompt: the sets share decoding steps
+            generated = greedy_answers(loaded, [it.prompt for it in every], ctx.opts.max_new_tokens,
+                                       ctx.opts.generation_batch_size, references=[it.answer for it in every])
+            offset = 0
+            for item_set, normalise, items in sets:
+                generations, offset = generated[offset:offset + len(items)], offset + len(items)
                 ratios = tr.get((item_set, model_name))
                 if ratios is None:
                     ratios = truth_ratios(loaded.model, loaded.tokenizer, items, ctx.config.batch_size)
                 components.update(utility_components(
                     loaded, item_set, items, ratios.geometric, answer_lp.get((item_set, model_name)),
-                    normalise=normalise,
-                    max_new_tokens=ctx.opts.max_new_tokens, batch_size=ctx.config.batch_size))
+                    normalise=normalise, max_new_tokens=ctx.opts.max_new_tokens, batch_size=ctx.config.batch_size,
+                    generations=generations))
             out[f"model_utility_{model_name}"] = model_utility(components)
             rows.append({"model": model_name, "model_utility": out[f"model_utility_{model_name}"], **components})
         tables["model_utility"] = rows

@@ -114,10 +114,11 @@ def model_utility(components: dict[str, float]) -> float | None:
 
 def utility_components(loaded, item_set: str, items, truth_ratios: np.ndarray | None,
                        mean_logprob: np.ndarray | None = None, *, normalise: bool, max_new_tokens: int,
-                       batch_size: int) -> dict[str, float]:
+                       batch_size: int, generations: Sequence[str] | None = None) -> dict[str, float]:
     """One retain-side set's scores: probability (normalised against the perturbed answers where `normalise`, as
     TOFU's real-authors and world-facts sets), ROUGE-L recall of the greedy answer, and the truth ratio.
-    `mean_logprob`: the items' mean answer log-probs when the caller has scored them already."""
+    `mean_logprob`: the items' mean answer log-probs when the caller has scored them already; `generations`: the
+    items' greedy answers (`greedy_answers` with their references) when the caller has generated them already."""
     if mean_logprob is None:
         mean_logprob = score_answers(loaded.model, loaded.tokenizer, items, batch_size=batch_size).mean_logprob
     prob = answer_probability(mean_logprob)
@@ -133,8 +134,9 @@ def utility_components(loaded, item_set: str, items, truth_ratios: np.ndarray | 
     else:
         out[f"{item_set}_prob"] = float(prob.mean())
     # stopped once each recall is settled: the same recall as the full max_new_tokens answer (RecallSettled)
-    generations = greedy_answers(loaded, [it.prompt for it in items], max_new_tokens, batch_size,
-                                 references=[it.answer for it in items])
+    if generations is None:
+        generations = greedy_answers(loaded, [it.prompt for it in items], max_new_tokens, batch_size,
+                                     references=[it.answer for it in items])
     out[f"{item_set}_rougeL_recall"] = float(rouge_l_recall([it.answer for it in items], generations).mean())
     if truth_ratios is not None and len(truth_ratios):
         out[f"{item_set}_truth_ratio"] = truth_ratio_true_better(truth_ratios)

@@ -22,6 +22,7 @@ from torch import Tensor
 from palimpsest.capture.activations import NonFiniteError
 from palimpsest.capture.backends import forward_kwargs, takes_logits_to_keep
 from palimpsest.capture.memo import memoized
+from palimpsest.capture.prefix import answer_logits_after_prefix
 from palimpsest.capture.tokens import EncodedBatch, encode
 from palimpsest.concepts import Item
 from palimpsest.devices import input_device
@@ -92,12 +93,16 @@ def score_answers(
     prompts: Sequence[str] | None = None,
     batch_size: int = 32,
     context: Callable[[EncodedBatch], ContextManager] | None = None,
+    answer_only: bool = False,
 ) -> AnswerScores:
     """Score each item's answer (or `answers` in its place) after its prompt (or `prompts` in its place).
 
     `context(batch)` may return a context manager (an intervention) active during that batch's forward pass.
     Without one, the scores are kept for the model (palimpsest.capture.memo): every analyser scoring the same items
-    on it reuses them.
+    on it reuses them. `answer_only`: the context edits only the positions that predict answer tokens (it reads
+    them from the batch it is given, e.g. `batch.answer_mask()`), so each prompt before its last token is run once,
+    unedited, and the context sees a batch of the last prompt token and the answer only
+    (palimpsest.capture.prefix; the full sequence where the model takes no cache).
     """
     if context is None:
         key = ("score_answers", id(tokenizer), tuple(items), None if answers is None else tuple(answers),
@@ -105,12 +110,26 @@ def score_answers(
         return memoized(model, key, lambda: _score_answers(model, tokenizer, items, answers=answers, prompts=prompts,
                                                            batch_size=batch_size, context=None))
     return _score_answers(model, tokenizer, items, answers=answers, prompts=prompts, batch_size=batch_size,
-                          context=context)
+                          context=context, answer_only=answer_only)
+
+
+def scored_logits(model, batch: EncodedBatch, context: Callable[[EncodedBatch], ContextManager] | None,
+                  answer_only: bool = False) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per row of `batch`: log p, rank and argmax flag of each answer token, under `context` (see score_answers)."""
+    if answer_only:
+        done = answer_logits_after_prefix(model, batch, context)
+        if done is not None:
+            logits, coordinates = done
+            return answer_token_logprobs(logits, coordinates, 0)
+    with torch.inference_mode(), (context(batch) if context else nullcontext()):
+        logits, offset = answer_logits(model, batch)
+    return answer_token_logprobs(logits, batch, offset)
 
 
 def _score_answers(model, tokenizer, items: Sequence[Item], *, answers: Sequence[str] | None,
                    prompts: Sequence[str] | None, batch_size: int,
-                   context: Callable[[EncodedBatch], ContextManager] | None) -> AnswerScores:
+                   context: Callable[[EncodedBatch], ContextManager] | None,
+                   answer_only: bool = False) -> AnswerScores:
     prompts = list(prompts) if prompts is not None else [it.prompt for it in items]
     answers = list(answers) if answers is not None else [it.answer for it in items]
     subjects = [it.subject for it in items] if items else None
@@ -121,9 +140,7 @@ def _score_answers(model, tokenizer, items: Sequence[Item], *, answers: Sequence
         stop = min(len(prompts), start + batch_size)
         batch = encode(tokenizer, prompts[start:stop], answers[start:stop], subjects[start:stop] if subjects else None)
         batch = batch.to(device)
-        with torch.inference_mode(), (context(batch) if context else nullcontext()):
-            logits, offset = answer_logits(model, batch)
-        lps, ranks, tops = answer_token_logprobs(logits, batch, offset)
+        lps, ranks, tops = scored_logits(model, batch, context, answer_only)
         broken = sum(bool(torch.isnan(lp).any()) for lp in lps)
         if broken:  # NaN (or +inf) logits: an accuracy of 0 here would read as "forgotten"
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
@@ -132,7 +149,7 @@ def _score_answers(model, tokenizer, items: Sequence[Item], *, answers: Sequence
                                  "or check the weights")
         rows = scored[start:stop]
         choices = _choice_logprobs(model, rows, prompts[start:stop], answers[start:stop],
-                                   subjects[start:stop] if subjects else None, tokenizer, device, context)
+                                   subjects[start:stop] if subjects else None, tokenizer, device, context, answer_only)
         for j, (lp, rank, top) in enumerate(zip(lps, ranks, tops)):
             mean_lp.append(float(lp.mean()))
             first_lp.append(float(lp[0]))
@@ -164,7 +181,8 @@ def choice_correct(item: Item, answer: str, answer_logprob: float, choice_lps: F
 
 
 def _choice_logprobs(model, rows: Sequence[Item], prompts: Sequence[str], answers: Sequence[str],
-                     subjects: Sequence[str | None] | None, tokenizer, device, context) -> list[np.ndarray]:
+                     subjects: Sequence[str | None] | None, tokenizer, device, context,
+                     answer_only: bool = False) -> list[np.ndarray]:
     """Per row: the summed log p of each choice after the row's prompt (empty for items without choices).
 
     One forward pass per choice index over the whole batch, rows kept in place (a row without that choice scores
@@ -178,9 +196,7 @@ def _choice_logprobs(model, rows: Sequence[Item], prompts: Sequence[str], answer
         choice = [it.choices[k] if it.scoring == "choice" and k < len(it.choices) else answers[j]
                   for j, it in enumerate(rows)]
         batch = encode(tokenizer, list(prompts), choice, list(subjects) if subjects else None).to(device)
-        with torch.inference_mode(), (context(batch) if context else nullcontext()):
-            logits, offset = answer_logits(model, batch)
-        lps, _, _ = answer_token_logprobs(logits, batch, offset)
+        lps, _, _ = scored_logits(model, batch, context, answer_only)
         for j, lp in enumerate(lps):
             sums[j, k] = float(lp.sum())
     for j, it in enumerate(rows):

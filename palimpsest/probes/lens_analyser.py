@@ -50,14 +50,31 @@ def _lens_stats(ctx, reader: dict[str, str], lenses: tuple[str, ...], sets: list
             layers = acts.layers(m, s, "last")
             variants = list(lenses) + (["own"] if reader[m] != m else [])
             for lens in variants:
-                probs, ranks = [], []
-                for layer, resid in enumerate(layers):
-                    h = tuned[reader[m]].translate(layer, resid) if lens == "tuned" else resid
-                    p, r = answer_prob_rank(readouts[m if lens == "own" else reader[m]].logits(h), targets)
-                    probs.append(p)
-                    ranks.append(r)
-                stats[(m, s, lens)] = (np.stack(probs), np.stack(ranks))
+                streams = [tuned[reader[m]].translate(layer, resid) if lens == "tuned" else resid
+                           for layer, resid in enumerate(layers)]
+                stats[(m, s, lens)] = _read_layers(readouts[m if lens == "own" else reader[m]], streams, targets)
     return stats
+
+
+LENS_ROWS = 2048  # rows unembedded per matrix product (several layers at once: [rows, vocab] floats each)
+
+
+def _read_layers(readout: Readout, streams: list[torch.Tensor], targets: torch.Tensor
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(prob [layers, n], rank [layers, n]) of each row's target token, every layer's rows unembedded together in
+    chunks of about LENS_ROWS rows (one large matrix product instead of one per layer)."""
+    n = len(targets)
+    if n == 0:
+        empty = np.zeros((len(streams), 0))
+        return empty, empty.copy()
+    per_chunk = max(1, LENS_ROWS // n)
+    probs, ranks = [], []
+    for start in range(0, len(streams), per_chunk):
+        chunk = streams[start:start + per_chunk]
+        p, r = answer_prob_rank(readout.logits(torch.cat(chunk)), targets.repeat(len(chunk)))
+        probs.append(p.reshape(len(chunk), n))
+        ranks.append(r.reshape(len(chunk), n))
+    return np.concatenate(probs), np.concatenate(ranks)
 
 
 def _layer_rows(stats, reader: dict[str, str]) -> list[dict]:

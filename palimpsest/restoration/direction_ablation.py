@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,10 +59,7 @@ def best_of(loaded, items, candidates: dict, train, held, batch_size) -> tuple[o
     an ablation that only breaks the floor model must not push the floor below what that model answers unattacked."""
     fitting = [items[i] for i in train]
     scores = {("none", "-"): correct(loaded, fitting, batch_size=batch_size)}
-    for label, edits in candidates.items():
-        if edits:
-            scores[label] = correct(loaded, fitting, batch_size=batch_size,
-                                    context=edited(loaded.model, lambda b, e=edits: e))
+    scores.update(candidates_correct(loaded, fitting, {label: e for label, e in candidates.items() if e}))
     best = max(scores, key=lambda v: scores[v].mean())  # dict order breaks ties: earlier candidates first
     edits = candidates.get(best)
     values = np.zeros(len(items), dtype=bool)
@@ -70,6 +67,43 @@ def best_of(loaded, items, candidates: dict, train, held, batch_size) -> tuple[o
     values[held] = correct(loaded, [items[i] for i in held], batch_size=batch_size,
                            context=edited(loaded.model, lambda b, e=edits: e) if edits else None)
     return best, values, scores
+
+
+CANDIDATE_ROWS = 128  # rows per forward pass when candidates are scored side by side
+
+
+def _then(first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Two edits at one site, in the order their hooks would run."""
+    return lambda h: second(first(h))
+
+
+def _per_copy(edits: dict[int, Callable[[Tensor], Tensor]], n: int) -> Callable[[Tensor], Tensor]:
+    """One site's edit over a batch of copies of n rows: copy c gets edits[c], the others pass unchanged."""
+    def edit(h: Tensor) -> Tensor:
+        blocks = h.split(n, dim=0)
+        return torch.cat([edits[c](block) if c in edits else block for c, block in enumerate(blocks)], dim=0)
+    return edit
+
+
+def candidates_correct(loaded, items: Sequence, candidates: dict, rows: int = CANDIDATE_ROWS) -> dict:
+    """Per candidate (label -> [(site, row-wise edit)]): the exact match of `items` under its edits. Several
+    candidates share a forward pass, each on its own copy of the items (edits here act on each row alone, so a copy
+    scores as it would by itself, up to float rounding of the larger batch)."""
+    labels, n, out = list(candidates), len(items), {}
+    group = max(1, rows // max(1, n))
+    for start in range(0, len(labels), group):
+        chunk = labels[start:start + group]
+        by_site: dict[str, dict[int, Callable]] = {}
+        for copy_index, label in enumerate(chunk):
+            for site, edit in candidates[label]:
+                earlier = by_site.setdefault(site, {}).get(copy_index)
+                by_site[site][copy_index] = edit if earlier is None else _then(earlier, edit)
+        site_edits = {site: _per_copy(edits, n) for site, edits in by_site.items()}
+        hits = correct(loaded, list(items) * len(chunk), batch_size=n * len(chunk),
+                       context=edited(loaded.model, lambda b, e=site_edits: e))
+        for copy_index, label in enumerate(chunk):
+            out[label] = hits[copy_index * n:(copy_index + 1) * n]
+    return out
 
 
 def residual_candidates(sites: list[str], directions: list[dict[str, Tensor]]) -> dict[Variant, list]:

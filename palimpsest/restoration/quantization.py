@@ -4,6 +4,7 @@ forgotten answers come back (unlearning updates are often smaller than one quant
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Literal
 
 import numpy as np
@@ -41,16 +42,51 @@ def quantized(loaded, bits: int) -> LoadedModel:
         model = copy.deepcopy(loaded.model)
         quantize(model, weights=weights)
         freeze(model)
+        dequantized_linears(model)
     model.eval()
-    forward = model.forward
+    if _holds_quantized_tensors(model):
+        forward = model.forward
 
-    # quanto's 4-bit weights fail under torch.inference_mode (which scoring uses): run this copy under no_grad
-    def no_grad_forward(*args, **kwargs):
-        with torch.inference_mode(False), torch.no_grad():
-            return forward(*args, **kwargs)
+        # quanto's 4-bit weights fail under torch.inference_mode (which scoring uses): run this copy under no_grad
+        @functools.wraps(forward)  # keeps the signature (logits_to_keep, the cache) visible to the callers
+        def no_grad_forward(*args, **kwargs):
+            with torch.inference_mode(False), torch.no_grad():
+                return forward(*args, **kwargs)
 
-    model.forward = no_grad_forward
+        model.forward = no_grad_forward
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, source=loaded.source, name=f"{loaded.name}@int{bits}")
+
+
+def dequantized_linears(model: torch.nn.Module) -> int:
+    """Replace every frozen weight-only quanto QLinear by a plain nn.Linear holding its dequantized weight.
+
+    quanto's weight-only linear dequantizes its weight on every call and multiplies in the activations' dtype
+    (qbytes_mm: scale * int8 weights, then matmul; 4-bit: dequantize, then matmul), so a float linear holding
+    that dequantized weight computes the same numbers (tests/test_restoration.py checks the logits) without
+    dequantizing the whole model on every forward pass. Returns how many were replaced."""
+    from optimum.quanto import QTensor
+    from optimum.quanto.nn import QLinear
+
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not (isinstance(module, QLinear) and isinstance(module.weight, QTensor)
+                and module.activation_qtype is None and not hasattr(module, "_hf_hook")):
+            continue
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                device="meta")
+        plain.weight = torch.nn.Parameter(module.weight.dequantize().detach(), requires_grad=False)
+        if module.bias is not None:
+            plain.bias = torch.nn.Parameter(module.bias.detach(), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+        replaced += 1
+    return replaced
+
+
+def _holds_quantized_tensors(model: torch.nn.Module) -> bool:
+    from optimum.quanto import QTensor
+
+    return any(isinstance(p, QTensor) for p in model.parameters())
 
 
 def _quantized_offloaded(model: torch.nn.Module, weights) -> torch.nn.Module:

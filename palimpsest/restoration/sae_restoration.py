@@ -85,7 +85,8 @@ def restoring_context(target, sae, site: str, features: Sequence[int], mode: str
 
 def alpha_grid(loaded, items, alphas, sae, site, features, modes, pre, z_expert, rows) -> dict[str, np.ndarray]:
     return {mode: sweep_rows(loaded, items, alphas, restoring_context(loaded, sae, site, features, mode, source=pre,
-                                                                     z_expert=z_expert), batch_size=rows)
+                                                                     z_expert=z_expert), batch_size=rows,
+                             zero_is_identity=True)  # alpha scales the change: 0 restores nothing
             for mode in modes}
 
 
