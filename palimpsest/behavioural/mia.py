@@ -14,6 +14,7 @@ from jaxtyping import Float
 from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
+from palimpsest.behavioural.grad_norms import _gradient_norms_loop, gradient_norms  # noqa: F401  (the tests' reference)
 from palimpsest.capture import encode
 from palimpsest.capture.backends import forward_kwargs
 from palimpsest.capture.memo import memoized
@@ -73,31 +74,6 @@ def token_statistics(model, tokenizer, prompts: list[str], answers: list[str] | 
             out.append({"logp": token_lp[row, keep].double().cpu().numpy(), "mu": mu[row, keep].double().cpu().numpy(),
                         "sigma": sigma[row, keep].double().cpu().numpy()})
     return out
-
-
-def gradient_norms(model, tokenizer, prompts: list[str], answers: list[str] | None,
-                   p: int | str) -> Float[np.ndarray, " n"]:
-    """Per text (batch size 1, as the reference): the mean over parameter tensors of ‖∂L/∂θ‖_p, L the mean NLL of
-    the scored tokens (open-unlearning `GradNormAttack`). Eval mode (the reference switches to train mode, which
-    differs only where the model has dropout, making its score random); the model's weights and grads stay as found."""
-    order = float("inf") if p == "inf" else float(p)
-    device = input_device(model)
-    # differentiate fresh leaves through torch.func, so the model's own tensors (inference tensors, frozen ones,
-    # their .grad) are never touched; an inference tensor must be cloned to take part in autograd
-    leaves = {name: (q.clone() if q.is_inference() else q.detach()).requires_grad_(True)
-              for name, q in model.named_parameters()}
-    norms = []
-    for i, prompt in enumerate(prompts):
-        batch = encode(tokenizer, [prompt], None if answers is None else [answers[i]]).to(device)
-        with torch.enable_grad():
-            logits = torch.func.functional_call(model, leaves, args=(), kwargs=forward_kwargs(batch)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)[0, :-1]
-            token_lp = logp.gather(-1, batch.input_ids[0, 1:, None]).squeeze(-1)
-            scored = (batch.attention_mask[0, 1:] if answers is None else batch.answer_mask()[0, :-1]).bool()
-            grads = torch.autograd.grad(-token_lp[scored].mean(), list(leaves.values()), allow_unused=True)
-        norms.append(float(torch.stack([g.float().norm(p=order) for g in grads if g is not None]).mean()))
-    return np.asarray(norms, dtype=np.float64)
-
 
 def kept_count(n_tokens: int, k: float) -> int:
     """Tokens Min-K% averages: max(1, floor(k·n)), as open-unlearning's `MinKProbAttack` (`int(len · k)`)."""
